@@ -1,0 +1,188 @@
+/**
+ * Blob-level download API (the shape of Ollama's transfer package): fetch a set
+ * of content-addressed blobs of one repository into a directory, in parallel,
+ * verified, skipping blobs already present.
+ */
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { checkDigest, digestToFileName } from "./digest.ts";
+import { HaulError, InterruptedError, storeError } from "./errors.ts";
+import { MAX_BLOB_SIZE } from "./manifest.ts";
+import { Semaphore } from "./pool.ts";
+import type { OnProgress } from "./progress_events.ts";
+import { downloadBlob, type RangeTuning, SpeedTracker } from "./range_download.ts";
+import { DEFAULT_RETRY } from "./retry.ts";
+import { type ConnectionOptions, createSession, type Session } from "./session.ts";
+import { stat } from "node:fs/promises";
+
+/** A blob to transfer. */
+export interface Blob {
+  /** `sha256:<hex>` */
+  digest: string;
+  size: number;
+  /** Upload only: a repository on the same registry to mount the blob from. */
+  from?: string;
+}
+
+/** Tuning shared by pull and download; every field has a measured default. */
+export interface TransferTuning {
+  /** Simultaneous HTTP transfers (blobs and parts together). @default 16 */
+  concurrency?: number;
+  /** Range part size in bytes. @default 64 MiB */
+  partSize?: number;
+  /** Blobs up to this size are fetched as one stream. @default 16 MiB */
+  singleStreamMax?: number;
+  /** Write batch size per stream in bytes. @default 4 MiB */
+  bufferSize?: number;
+  /** Seconds without a byte before a part is re-fetched. @default 30 */
+  stallTimeout?: number;
+  /** Stall re-fetches allowed per part. @default 10 */
+  maxStalls?: number;
+  /** Hash in a Worker when the runtime has one. @default true */
+  hashWorker?: boolean;
+}
+
+export const DEFAULT_TUNING = {
+  concurrency: 16,
+  partSize: 64 << 20,
+  singleStreamMax: 16 << 20,
+  bufferSize: 4 << 20,
+  stallTimeout: 30,
+  maxStalls: 10,
+  hashWorker: true,
+} as const;
+
+export interface DownloadOptions extends ConnectionOptions, TransferTuning {
+  blobs: Blob[];
+  /** Registry base URL, e.g. `https://registry.ollama.ai`. */
+  baseUrl: string;
+  /** Repository the blobs belong to, e.g. `library/llama3.2`. */
+  repository: string;
+  /** Directory the blobs land in as `sha256-<hex>` (Ollama's `blobs/`). */
+  destDir: string;
+  /** Aggregate progress: bytes present or transferred, and the total. */
+  onProgress?: (completed: number, total: number) => void;
+  /** Per-blob events (for renderers). */
+  onEvent?: OnProgress;
+  signal?: AbortSignal;
+  /** Reuse an existing session (internal: pull shares one per registry). */
+  session?: Session;
+}
+
+export interface DownloadResult {
+  /** Bytes received over the network. */
+  transferred: number;
+  /** Blobs that were already present. */
+  skipped: number;
+  /** Blobs fetched. */
+  fetched: number;
+}
+
+function tuningFrom(o: TransferTuning & ConnectionOptions): RangeTuning & { concurrency: number } {
+  const t = { ...DEFAULT_TUNING, ...Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) };
+  const positive = (name: string, v: number, min = 1) => {
+    if (!Number.isFinite(v) || v < min) throw new RangeError(`${name} must be at least ${min}, got ${v}`);
+  };
+  positive("concurrency", t.concurrency);
+  positive("partSize", t.partSize, 1 << 16);
+  positive("bufferSize", t.bufferSize, 1 << 12);
+  positive("stallTimeout", t.stallTimeout, 0.05);
+  return {
+    concurrency: Math.floor(t.concurrency),
+    partSize: Math.floor(t.partSize),
+    singleStreamMax: Math.floor(t.singleStreamMax),
+    bufferSize: Math.floor(t.bufferSize),
+    stallTimeoutMs: t.stallTimeout * 1000,
+    maxStalls: t.maxStalls,
+    hashWorker: t.hashWorker,
+    retry: { ...DEFAULT_RETRY, ...o.retry },
+  };
+}
+
+/** Downloads `blobs` into `destDir`; resolves when every blob is verified in place. */
+export async function download(options: DownloadOptions): Promise<DownloadResult> {
+  const tuning = tuningFrom(options);
+  for (const b of options.blobs) {
+    checkDigest(b.digest, "blob digest");
+    if (!Number.isSafeInteger(b.size) || b.size < 0 || b.size > MAX_BLOB_SIZE) {
+      throw new RangeError(`Blob ${b.digest} has an invalid size ${b.size}`);
+    }
+  }
+  const session = options.session ??
+    createSession(options.baseUrl, [`repository:${options.repository}:pull`], options);
+  await mkdir(options.destDir, { recursive: true }).catch((e) => {
+    throw storeError("create directory", options.destDir, e);
+  });
+  const seen = new Set<string>();
+  const blobs = options.blobs.filter((b) => !seen.has(b.digest) && seen.add(b.digest));
+  const total = blobs.reduce((a, b) => a + b.size, 0);
+  let completed = 0;
+  const result: DownloadResult = { transferred: 0, skipped: 0, fetched: 0 };
+  const report = () => options.onProgress?.(completed, total);
+  const slots = new Semaphore(tuning.concurrency);
+  const speeds = new SpeedTracker();
+  const abort = new AbortController();
+  const onOuter = () => abort.abort(new InterruptedError());
+  options.signal?.addEventListener("abort", onOuter, { once: true });
+  if (options.signal?.aborted) onOuter();
+  const emit = options.onEvent ?? (() => {});
+
+  const one = async (b: Blob) => {
+    const path = join(options.destDir, digestToFileName(b.digest));
+    const present = await stat(path).then((s) => s.isFile() && s.size === b.size, () => false);
+    if (present) {
+      completed += b.size;
+      result.skipped++;
+      emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: b.size });
+      emit({ type: "blob-done", op: "pull", digest: b.digest, total: b.size, skipped: true });
+      report();
+      return;
+    }
+    let blobDone = 0;
+    emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: 0 });
+    let url = session.client.blobUrl(options.repository, b.digest);
+    if (b.size > tuning.singleStreamMax) {
+      // Resolve once: parts then go straight to the final (CDN) URL.
+      url = (await session.client.resolveBlob(options.repository, b.digest, { signal: abort.signal })).url;
+    }
+    const n = await downloadBlob(
+      { digest: b.digest, size: b.size, url, path, partialPath: path + "-partial" },
+      {
+        fetch: session.fetch,
+        tuning,
+        slots,
+        speeds,
+        signal: abort.signal,
+        onBytes: (d) => {
+          blobDone += d;
+          completed += d;
+          emit({ type: "blob-progress", op: "pull", digest: b.digest, total: b.size, completed: blobDone });
+          report();
+        },
+        onRetry: (info) => emit({ type: "retry", digest: b.digest, ...info }),
+      },
+    );
+    result.transferred += n;
+    result.fetched++;
+    emit({ type: "blob-done", op: "pull", digest: b.digest, total: b.size, skipped: false });
+  };
+
+  let firstError: unknown;
+  try {
+    await Promise.all(blobs.map((b) =>
+      one(b).catch((err) => {
+        if (firstError === undefined) {
+          firstError = err;
+          abort.abort(err);
+        }
+      })
+    ));
+  } finally {
+    options.signal?.removeEventListener("abort", onOuter);
+  }
+  if (firstError !== undefined) {
+    if (options.signal?.aborted && !(firstError instanceof HaulError)) throw new InterruptedError();
+    throw firstError;
+  }
+  return result;
+}

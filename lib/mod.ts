@@ -1,0 +1,30 @@
+/**
+ * haul: move content-addressed blobs between OCI / Ollama registries and disk.
+ *
+ * @example
+ * ```ts
+ * import { pull } from "./lib/mod.ts";
+ * await pull("127.0.0.1:5000/library/tiny:latest", { insecure: true, modelsDir: "/tmp/models" });
+ * ```
+ * @module
+ */
+export { download, DEFAULT_TUNING } from "./download.ts";
+export type { Blob, DownloadOptions, DownloadResult, TransferTuning } from "./download.ts";
+export { currentPlatform, pull, resolveReference } from "./pull.ts";
+export type { PullOptions, PullResult } from "./pull.ts";
+export { formatReference, manifestTag, parseReference, shortName } from "./reference.ts";
+export type { Reference } from "./reference.ts";
+export { parseChallenges, pickChallenge } from "./auth_challenge.ts";
+export type { Challenge } from "./auth_challenge.ts";
+export type { AuthChallenge } from "./auth.ts";
+export { loadCredential } from "./credentials.ts";
+export type { Credential } from "./credentials.ts";
+export { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
+export { manifestBlobs, MediaType, parseManifest } from "./manifest.ts";
+export type { Descriptor, ImageManifest, IndexManifest, Platform } from "./manifest.ts";
+export { checkDigest, isDigest, sha256Digest } from "./digest.ts";
+export type { ProgressEvent } from "./progress_events.ts";
+export type { ConnectionOptions } from "./session.ts";
+export type { Fetch } from "./transport.ts";
+export * from "./errors.ts";
+export { COMMIT, VERSION } from "./version.ts";

@@ -1,0 +1,637 @@
+/**
+ * Downloads one blob into a file, verified, resumable.
+ *
+ * Small blobs: one GET, hashed as the bytes stream, written to a private temp
+ * file, renamed when size and digest match.
+ *
+ * Large blobs: one `<blob>-partial` file of full size; HTTP Range parts fetched
+ * concurrently and written in place at their offsets (batched writes); a JSON
+ * state file records how much of each part is on disk, so a later run continues
+ * where this one stopped. SHA-256 runs in order over the contiguous written prefix
+ * as it grows (see hasher.ts), so the digest is ready when the last byte lands:
+ * no second read of the finished file. A part that stalls is re-fetched from
+ * where it stopped without counting as a retry (bounded separately); a part far
+ * slower than the median is re-fetched (counted from the third time), as in
+ * Ollama's transfer code. A server that answers a Range request with 200 and the
+ * whole body (distribution's proxy mode) is handled by turning the rest of the
+ * blob into one sequential stream.
+ */
+import { readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import {
+  HaulError,
+  IntegrityError,
+  InterruptedError,
+  isFatalFsError,
+  NetworkError,
+  redactUrl,
+  RegistryError,
+  storeError,
+} from "./errors.ts";
+import { Sha256 } from "./digest.ts";
+import { createFileHasher, type FileHasher } from "./hasher.ts";
+import { createSized, openWriter, type OffsetWriter, syncDir, syncPath } from "./fsio.ts";
+import type { Semaphore } from "./pool.ts";
+import { backoffDelay, isTransientError, type RetryPolicy, sleep } from "./retry.ts";
+import type { Fetch } from "./transport.ts";
+import { errorFromResponse } from "./registry_client.ts";
+
+export interface RangeTuning {
+  /** Bytes per Range part. @default 64 MiB */
+  partSize: number;
+  /** Blobs up to this size are fetched as one stream. @default 16 MiB */
+  singleStreamMax: number;
+  /** Bytes buffered per stream before a write. @default 4 MiB */
+  bufferSize: number;
+  /** No byte for this long → the request is re-sent. @default 30000 ms */
+  stallTimeoutMs: number;
+  /** Stall re-fetches allowed per part (they do not count as retries). @default 10 */
+  maxStalls: number;
+  /** Retry policy for failed attempts. */
+  retry: RetryPolicy;
+  /** Hash in a Worker when available. @default true */
+  hashWorker: boolean;
+}
+
+/** Speeds of finished transfers, for the "slow part" rule (x/transfer: median of last 30). */
+export class SpeedTracker {
+  #samples: number[] = [];
+  record(bytesPerMs: number): void {
+    this.#samples.push(bytesPerMs);
+    if (this.#samples.length > 30) this.#samples.shift();
+  }
+  /** Median speed, or undefined with fewer than 5 samples. */
+  median(): number | undefined {
+    if (this.#samples.length < 5) return undefined;
+    const s = [...this.#samples].sort((a, b) => a - b);
+    return s[Math.floor(s.length / 2)];
+  }
+}
+
+export interface BlobJob {
+  digest: string;
+  size: number;
+  /** URL to GET (already resolved past cross-host redirects for large blobs). */
+  url: string;
+  /** Final path of the blob. */
+  path: string;
+  /** Path of the partial file (large blobs) — never the final name. */
+  partialPath: string;
+}
+
+export interface BlobContext {
+  fetch: Fetch;
+  tuning: RangeTuning;
+  slots: Semaphore;
+  speeds: SpeedTracker;
+  signal?: AbortSignal;
+  /** Bytes added (positive) or discarded (negative) for progress. */
+  onBytes: (delta: number) => void;
+  onRetry?: (info: { attempt: number; reason: string; delayMs: number }) => void;
+}
+
+interface Part {
+  offset: number;
+  size: number;
+  done: number;
+}
+
+interface State {
+  version: 1;
+  digest: string;
+  size: number;
+  parts: Part[];
+}
+
+/** Raised inside an attempt to say why it was cut short. */
+class AttemptCut extends Error {
+  constructor(readonly kind: "stall" | "slow" | "superseded", message: string) {
+    super(message);
+  }
+}
+
+/** A server answered a Range request in a way that cannot be used. */
+class RangeLie extends IntegrityError {}
+
+/** Returns bytes transferred over the network for this blob. */
+export async function downloadBlob(job: BlobJob, ctx: BlobContext): Promise<number> {
+  if (job.size <= ctx.tuning.singleStreamMax) return await downloadSmall(job, ctx);
+  return await downloadLarge(job, ctx);
+}
+
+// ---------------------------------------------------------------- small blobs
+
+async function downloadSmall(job: BlobJob, ctx: BlobContext): Promise<number> {
+  const tmp = `${job.partialPath}-${process.pid}-${randomBytes(4).toString("hex")}`;
+  let transferred = 0;
+  let failures = 0;
+  let stalls = 0;
+  for (;;) {
+    const release = await ctx.slots.acquire(ctx.signal);
+    let got = 0;
+    try {
+      const hash = new Sha256();
+      await createSized(tmp, 0).catch((e) => {
+        throw storeError("create", tmp, e);
+      });
+      const writer = await openWriter(tmp, 0);
+      try {
+        got = await runAttempt(ctx, job, 0, job.size, writer, hash, (n) => {
+          transferred += n;
+          ctx.onBytes(n);
+        });
+      } finally {
+        writer.close();
+      }
+      if (hash.bytes !== job.size) {
+        throw new IntegrityError(
+          `Blob ${job.digest} is ${hash.bytes} bytes, the manifest says ${job.size}`,
+        );
+      }
+      const digest = hash.digest();
+      if (digest !== job.digest) {
+        throw new IntegrityError(`Digest mismatch for ${job.digest}: the data hashes to ${digest}`);
+      }
+      await finalize(tmp, job.path);
+      return transferred;
+    } catch (err) {
+      ctx.onBytes(-got);
+      await rm(tmp, { force: true });
+      const verdict = classify(err, ctx, failures, stalls);
+      if (verdict.stall) stalls++;
+      else failures++;
+      // A corrupt small blob is fetched again from scratch once.
+      if (err instanceof IntegrityError && !(err instanceof RangeLie) && failures <= 1) {
+        continue;
+      }
+      if (verdict.fatal) throw verdict.fatal;
+      const delayMs = verdict.stall ? 0 : backoffDelay(failures, ctx.tuning.retry);
+      ctx.onRetry?.({ attempt: failures + stalls, reason: verdict.reason, delayMs });
+      await sleep(delayMs, ctx.signal);
+    } finally {
+      release();
+    }
+  }
+}
+
+// ---------------------------------------------------------------- large blobs
+
+function statePath(job: BlobJob): string {
+  return `${job.partialPath}.json`;
+}
+
+function planParts(size: number, partSize: number): Part[] {
+  const parts: Part[] = [];
+  for (let off = 0; off < size; off += partSize) {
+    parts.push({ offset: off, size: Math.min(partSize, size - off), done: 0 });
+  }
+  return parts;
+}
+
+/** Loads resume state, trusting it only when it is consistent with the partial file. */
+async function loadState(job: BlobJob): Promise<State | undefined> {
+  try {
+    const st = JSON.parse(await readFile(statePath(job), "utf8")) as State;
+    const info = await stat(job.partialPath);
+    if (st.version !== 1 || st.digest !== job.digest || st.size !== job.size) return undefined;
+    if (info.size !== job.size || !Array.isArray(st.parts) || st.parts.length === 0) {
+      return undefined;
+    }
+    let expect = 0;
+    for (const p of st.parts) {
+      if (
+        !Number.isSafeInteger(p.offset) || !Number.isSafeInteger(p.size) ||
+        !Number.isSafeInteger(p.done) || p.offset !== expect || p.size <= 0 || p.done < 0 ||
+        p.done > p.size
+      ) return undefined;
+      expect += p.size;
+    }
+    return expect === job.size ? st : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function saveState(job: BlobJob, st: State): Promise<void> {
+  const p = statePath(job);
+  const tmp = `${p}.${process.pid}.tmp`;
+  await writeFile(tmp, JSON.stringify(st));
+  await rename(tmp, p);
+}
+
+async function discardPartial(job: BlobJob): Promise<void> {
+  await rm(statePath(job), { force: true });
+  await rm(job.partialPath, { force: true });
+}
+
+async function downloadLarge(job: BlobJob, ctx: BlobContext): Promise<number> {
+  let transferred = 0;
+  for (let round = 0;; round++) {
+    try {
+      transferred += await downloadLargeOnce(job, ctx, (n) => transferred += n);
+      return transferred;
+    } catch (err) {
+      // Digest mismatch of the assembled file: start over once, from scratch.
+      if (err instanceof IntegrityError && !(err instanceof RangeLie) && round === 0) {
+        await discardPartial(job);
+        continue;
+      }
+      throw err;
+    }
+  }
+}
+
+async function downloadLargeOnce(
+  job: BlobJob,
+  ctx: BlobContext,
+  count: (n: number) => void,
+): Promise<number> {
+  const { tuning } = ctx;
+  let st = await loadState(job);
+  if (!st) {
+    await discardPartial(job);
+    try {
+      await createSized(job.partialPath, job.size);
+    } catch (e) {
+      throw storeError("create", job.partialPath, e);
+    }
+    st = { version: 1, digest: job.digest, size: job.size, parts: planParts(job.size, tuning.partSize) };
+    await saveState(job, st).catch((e) => {
+      throw storeError("write", statePath(job), e);
+    });
+  }
+  const state = st;
+  const already = state.parts.reduce((a, p) => a + p.done, 0);
+  if (already) ctx.onBytes(already);
+
+  const hasher: FileHasher = createFileHasher(job.partialPath, { inline: !tuning.hashWorker });
+  const blobAbort = new AbortController();
+  const onOuterAbort = () => blobAbort.abort(new InterruptedError());
+  ctx.signal?.addEventListener("abort", onOuterAbort, { once: true });
+  if (ctx.signal?.aborted) onOuterAbort();
+
+  const watermark = () => {
+    let w = 0;
+    for (const p of state.parts) {
+      w = p.offset + p.done;
+      if (p.done < p.size) break;
+    }
+    return w;
+  };
+  let lastSave = 0;
+  let saving: Promise<void> | undefined;
+  const persist = async (force = false) => {
+    const now = Date.now();
+    if (!force && now - lastSave < 200) return;
+    lastSave = now;
+    await saving;
+    saving = saveState(job, state).catch(() => {});
+    await saving;
+  };
+  hasher.advance(watermark());
+
+  let sequential = false; // set once a 200 answered a Range request
+  let transferred = 0;
+  let firstError: unknown;
+  let queue = state.parts.filter((p) => p.done < p.size);
+
+  const runPart = async (part: Part) => {
+    let failures = 0;
+    let stalls = 0;
+    let slows = 0;
+    while (part.done < part.size) {
+      if (blobAbort.signal.aborted) return;
+      const release = await ctx.slots.acquire(blobAbort.signal).catch(() => undefined);
+      if (!release) return;
+      let writer: OffsetWriter | undefined;
+      try {
+        const start = part.offset + part.done;
+        writer = await openWriter(job.partialPath, start).catch((e) => {
+          throw storeError("open", job.partialPath, e);
+        });
+        const t0 = Date.now();
+        const before = part.done;
+        await runAttempt(ctx, job, start, part.offset + part.size, writer, undefined, (n) => {
+          transferred += n;
+          count(n);
+          ctx.onBytes(n);
+        }, {
+          signal: blobAbort.signal,
+          onFlushed: (n) => {
+            part.done += n;
+            hasher.advance(watermark());
+            void persist();
+          },
+          onWholeBody: () => {
+            // 200 to a Range request: the rest of the blob comes in this one stream.
+            if (!sequential) {
+              sequential = true;
+              const w = watermark();
+              const rest: Part = { offset: w, size: job.size - w, done: 0 };
+              state.parts = w > 0 ? [{ offset: 0, size: w, done: w }, rest] : [rest];
+              queue = [];
+              part = rest;
+            }
+            return part.offset + part.done;
+          },
+          speeds: ctx.speeds,
+        });
+        const ms = Math.max(1, Date.now() - t0);
+        if (part.size >= 1 << 20) ctx.speeds.record((part.done - before) / ms);
+      } catch (err) {
+        if (blobAbort.signal.aborted) return;
+        if (err instanceof AttemptCut && err.kind === "superseded") return;
+        const verdict = classify(err, ctx, failures, stalls);
+        if (err instanceof AttemptCut && err.kind === "slow") {
+          slows++;
+          if (slows >= 3) failures++;
+        } else if (verdict.stall) stalls++;
+        else failures++;
+        if (verdict.fatal) throw verdict.fatal;
+        if (failures > tuning.retry.maxRetries) throw verdict.exhausted;
+        if (stalls > tuning.maxStalls) {
+          throw new NetworkError(
+            `Blob ${job.digest} stalled ${stalls} times (no data for ${
+              tuning.stallTimeoutMs / 1000
+            } s); giving up`,
+          );
+        }
+        const delayMs = verdict.stall || (err instanceof AttemptCut) ? 0 : backoffDelay(failures, tuning.retry);
+        ctx.onRetry?.({ attempt: failures + stalls + slows, reason: verdict.reason, delayMs });
+        await sleep(delayMs, blobAbort.signal).catch(() => {});
+      } finally {
+        writer?.close();
+        release?.();
+      }
+    }
+  };
+
+  const worker = async () => {
+    while (!blobAbort.signal.aborted) {
+      const part = queue.shift();
+      if (!part) return;
+      try {
+        await runPart(part);
+      } catch (err) {
+        firstError ??= err;
+        blobAbort.abort(err);
+        return;
+      }
+    }
+  };
+  try {
+    const n = Math.max(1, Math.min(queue.length, 64));
+    await Promise.all(Array.from({ length: n }, worker));
+    await persist(true);
+    if (firstError) throw firstError;
+    if (ctx.signal?.aborted) throw new InterruptedError();
+    if (state.parts.some((p) => p.done < p.size)) {
+      throw new NetworkError(`Blob ${job.digest} is incomplete`);
+    }
+    let result: { digest: string; bytes: number };
+    try {
+      result = await hasher.finish(job.size);
+    } catch (e) {
+      throw storeError("read back", job.partialPath, e);
+    }
+    if (result.digest !== job.digest) {
+      await discardPartial(job);
+      throw new IntegrityError(
+        `Digest mismatch for ${job.digest}: the downloaded data hashes to ${result.digest}`,
+      );
+    }
+    await finalize(job.partialPath, job.path);
+    await rm(statePath(job), { force: true });
+    return transferred;
+  } catch (err) {
+    hasher.close();
+    await saving;
+    throw err;
+  } finally {
+    ctx.signal?.removeEventListener("abort", onOuterAbort);
+  }
+}
+
+/** fsync, rename into place, fsync the directory. */
+async function finalize(from: string, to: string): Promise<void> {
+  try {
+    await syncPath(from);
+    await rename(from, to);
+    await syncDir(to.slice(0, to.lastIndexOf("/")) || ".");
+  } catch (e) {
+    throw storeError("finish", to, e);
+  }
+}
+
+// ---------------------------------------------------------------- one request
+
+interface AttemptHooks {
+  signal?: AbortSignal;
+  /** Bytes durably written at the part's position. */
+  onFlushed?: (n: number) => void;
+  /** The server sent the whole body for a Range request; returns the offset to resume at. */
+  onWholeBody?: () => number;
+  speeds?: SpeedTracker;
+}
+
+/**
+ * One GET of bytes [start, end) (the whole blob when it is small), streamed into
+ * `writer` in `bufferSize` batches, optionally hashed. Returns bytes received.
+ */
+async function runAttempt(
+  ctx: BlobContext,
+  job: BlobJob,
+  start: number,
+  end: number,
+  writer: OffsetWriter,
+  hash: Sha256 | undefined,
+  onBytes: (n: number) => void,
+  hooks: AttemptHooks = {},
+): Promise<number> {
+  const { tuning } = ctx;
+  const ac = new AbortController();
+  const outer = hooks.signal ?? ctx.signal;
+  const onAbort = () => ac.abort(outer?.reason ?? new InterruptedError());
+  outer?.addEventListener("abort", onAbort, { once: true });
+  if (outer?.aborted) onAbort();
+
+  const ranged = start > 0 || end < job.size || job.size > tuning.singleStreamMax;
+  const headers = new Headers();
+  if (ranged) headers.set("range", `bytes=${start}-${end - 1}`);
+  let received = 0;
+  let lastByte = Date.now();
+  const t0 = Date.now();
+  let cut: AttemptCut | undefined;
+  const timer = setInterval(() => {
+    const now = Date.now();
+    if (now - lastByte >= tuning.stallTimeoutMs) {
+      cut = new AttemptCut("stall", `no data for ${tuning.stallTimeoutMs / 1000} s`);
+      ac.abort(cut);
+      return;
+    }
+    const median = hooks.speeds?.median();
+    const elapsed = now - t0;
+    if (median && elapsed > 5000 && received / elapsed < median * 0.1) {
+      cut = new AttemptCut("slow", `part is under 10% of the median speed`);
+      ac.abort(cut);
+    }
+  }, Math.min(1000, Math.max(50, tuning.stallTimeoutMs / 4)));
+
+  const buf = new Uint8Array(Math.min(tuning.bufferSize, Math.max(end - start, 1)));
+  let filled = 0;
+  let written = start; // absolute offset the writer is at
+  let skip = 0; // bytes of a whole-body 200 to drop before `start`
+  const flush = async () => {
+    if (!filled) return;
+    const data = buf.subarray(0, filled);
+    hash?.update(data);
+    try {
+      await writer.write(data);
+    } catch (e) {
+      throw storeError("write", job.partialPath, e);
+    }
+    written += filled;
+    hooks.onFlushed?.(filled);
+    filled = 0;
+  };
+  try {
+    let res: Response;
+    try {
+      res = await ctx.fetch(new Request(job.url, { headers, signal: ac.signal }));
+    } catch (err) {
+      throw cut ?? err;
+    }
+    lastByte = Date.now();
+    let limit = end; // absolute end (exclusive) of what to take from this body
+    if (res.status === 206) {
+      const cr = res.headers.get("content-range") ?? "";
+      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(cr.trim());
+      if (!m || Number(m[1]) !== start || Number(m[2]) !== end - 1 ||
+        (m[3] !== "*" && Number(m[3]) !== job.size)) {
+        await res.body?.cancel().catch(() => {});
+        throw new RangeLie(
+          `Server answered Range bytes=${start}-${end - 1} of ${job.digest} with Content-Range ${
+            JSON.stringify(cr)
+          }`,
+        );
+      }
+    } else if (res.status === 200) {
+      const cl = res.headers.get("content-length");
+      if (cl !== null && Number(cl) !== job.size) {
+        await res.body?.cancel().catch(() => {});
+        throw new IntegrityError(
+          `Server sent ${cl} bytes for blob ${job.digest}, the manifest says ${job.size}`,
+        );
+      }
+      if (ranged) {
+        const resumeAt = hooks.onWholeBody ? hooks.onWholeBody() : start;
+        if (resumeAt !== written) {
+          throw new AttemptCut("superseded", "another stream took over this blob");
+        }
+        skip = resumeAt;
+        limit = job.size;
+      }
+    } else {
+      throw await errorFromResponse(res, "GET", job.url);
+    }
+    if (!res.body) throw new NetworkError(`Empty body from ${redactUrl(job.url)}`);
+    const reader = res.body.getReader();
+    try {
+      for (;;) {
+        let r: ReadableStreamReadResult<Uint8Array>;
+        try {
+          r = await reader.read();
+        } catch (err) {
+          throw cut ?? err;
+        }
+        if (r.done) break;
+        lastByte = Date.now();
+        let chunk = r.value;
+        if (skip) {
+          if (chunk.byteLength <= skip) {
+            skip -= chunk.byteLength;
+            continue;
+          }
+          chunk = chunk.subarray(skip);
+          skip = 0;
+        }
+        if (written + filled + chunk.byteLength > limit) {
+          throw new RangeLie(
+            `Server sent more than the ${limit - start} bytes asked for from ${job.digest}`,
+          );
+        }
+        received += chunk.byteLength;
+        onBytes(chunk.byteLength);
+        while (chunk.byteLength) {
+          const n = Math.min(chunk.byteLength, buf.byteLength - filled);
+          buf.set(n === chunk.byteLength ? chunk : chunk.subarray(0, n), filled);
+          filled += n;
+          chunk = chunk.subarray(n);
+          if (filled === buf.byteLength) await flush();
+        }
+      }
+    } finally {
+      reader.releaseLock();
+    }
+    await flush();
+    if (written < limit) {
+      throw new NetworkError(
+        `Connection closed after ${written - start} of ${limit - start} bytes of ${job.digest}`,
+      );
+    }
+    return received;
+  } catch (err) {
+    // Keep what arrived intact: a retry continues after it.
+    if (!(err instanceof HaulError && isFatalFsError(err.cause)) && !(err instanceof RangeLie)) {
+      await flush().catch(() => {});
+    }
+    if (hash) throw err; // small blobs restart from zero; the caller discounts `received`
+    onBytes(-(received - (written - start)));
+    throw err;
+  } finally {
+    clearInterval(timer);
+    outer?.removeEventListener("abort", onAbort);
+  }
+}
+
+interface Verdict {
+  stall: boolean;
+  reason: string;
+  fatal?: Error;
+  exhausted?: Error;
+}
+
+function classify(err: unknown, ctx: BlobContext, failures: number, stalls: number): Verdict {
+  if (ctx.signal?.aborted) return { stall: false, reason: "interrupted", fatal: new InterruptedError() };
+  if (err instanceof AttemptCut) {
+    const v: Verdict = { stall: err.kind === "stall", reason: err.message };
+    if (err.kind === "stall" && stalls + 1 > ctx.tuning.maxStalls) {
+      v.fatal = new NetworkError(
+        `Download stalled ${stalls + 1} times (no data for ${ctx.tuning.stallTimeoutMs / 1000} s); giving up`,
+      );
+    }
+    return v;
+  }
+  if (err instanceof HaulError && isFatalFsError(err.cause)) {
+    return { stall: false, reason: err.message, fatal: err };
+  }
+  if (err instanceof RegistryError) {
+    const retryable = err.status >= 500 || err.status === 429 || err.status === 408;
+    if (!retryable || failures + 1 > ctx.tuning.retry.maxRetries) {
+      return { stall: false, reason: err.message, fatal: err };
+    }
+    return { stall: false, reason: err.message, exhausted: err };
+  }
+  const message = (err as Error)?.message ?? String(err);
+  const exhausted = err instanceof HaulError
+    ? err
+    : new NetworkError(`Download failed after ${failures + 1} attempts: ${message}`, { cause: err });
+  if (failures + 1 > ctx.tuning.retry.maxRetries) {
+    return { stall: false, reason: message, fatal: exhausted };
+  }
+  if (err instanceof IntegrityError || err instanceof NetworkError || isTransientError(err)) {
+    return { stall: false, reason: message, exhausted };
+  }
+  if (err instanceof HaulError) return { stall: false, reason: message, fatal: err };
+  return { stall: false, reason: message, exhausted };
+}

@@ -1,0 +1,67 @@
+/**
+ * Assembles the transport stack for one registry, once:
+ *   userAgent → redirects → auth → retry → runtime fetch
+ */
+import { type AuthChallenge, Authenticator } from "./auth.ts";
+import type { Credential } from "./credentials.ts";
+import { RegistryClient } from "./registry_client.ts";
+import type { RetryPolicy } from "./retry.ts";
+import {
+  baseFetch,
+  type Fetch,
+  type RetryOptions,
+  withRedirects,
+  withRetry,
+  withUserAgent,
+} from "./transport.ts";
+import { withAuth } from "./auth.ts";
+import { VERSION } from "./version.ts";
+
+/** Connection and auth options shared by every transfer API. */
+export interface ConnectionOptions {
+  /** `User-Agent` header. @default "haul/<version>" */
+  userAgent?: string;
+  /** Bearer token to start with. */
+  token?: string;
+  /** Custom token source, called with the registry's challenge. */
+  getToken?: (challenge: AuthChallenge, signal?: AbortSignal) => Promise<string>;
+  /** Credentials; default: Docker's config.json for the host. `null` for none. */
+  credential?: Credential | null;
+  /** Extra CA certificates (PEM). */
+  caCerts?: string[];
+  /** Retry policy for requests and parts. */
+  retry?: Partial<RetryPolicy>;
+  /** Replaces the runtime's fetch at the bottom of the stack (tests, proxies). */
+  fetch?: Fetch;
+  /** Called before each retry. */
+  onRetry?: RetryOptions["onRetry"];
+}
+
+export interface Session {
+  fetch: Fetch;
+  auth: Authenticator;
+  client: RegistryClient;
+}
+
+/** Builds the stack for `baseUrl` (scheme://host[:port]) with the given scopes. */
+export function createSession(
+  baseUrl: string,
+  scopes: string[],
+  options: ConnectionOptions = {},
+): Session {
+  const host = new URL(baseUrl).host;
+  const bottom = options.fetch ?? baseFetch({ caCerts: options.caCerts });
+  const retried = withRetry(bottom, { ...options.retry, onRetry: options.onRetry });
+  const userAgent = options.userAgent ?? `haul/${VERSION}`;
+  const tokenFetch = withUserAgent(withRedirects(retried), userAgent);
+  const auth = new Authenticator({
+    host,
+    fetch: tokenFetch,
+    scopes,
+    credential: options.credential,
+    token: options.token,
+    getToken: options.getToken,
+  });
+  const fetch = withUserAgent(withRedirects(withAuth(retried, auth)), userAgent);
+  return { fetch, auth, client: new RegistryClient({ baseUrl, fetch }) };
+}

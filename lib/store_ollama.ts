@@ -1,0 +1,100 @@
+/**
+ * Ollama's model store layout:
+ *   <root>/blobs/sha256-<hex>
+ *   <root>/manifests/<host[:port]>/<namespace>/<model>/<tag>
+ * Root: `$OLLAMA_MODELS`, else `~/.ollama/models`. Manifests hold the registry's
+ * bytes unchanged and are written atomically (temp file, fsync, rename).
+ */
+import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { homedir } from "node:os";
+import { join, resolve, sep } from "node:path";
+import { digestToFileName } from "./digest.ts";
+import { storeError, UsageError } from "./errors.ts";
+import { syncDir, syncPath } from "./fsio.ts";
+import { manifestTag, type Reference } from "./reference.ts";
+
+/** `$OLLAMA_MODELS`, else `~/.ollama/models`. */
+export function defaultModelsDir(env: Record<string, string | undefined> = process.env): string {
+  if (env.OLLAMA_MODELS) return resolve(env.OLLAMA_MODELS);
+  return join(env.HOME || homedir(), ".ollama", "models");
+}
+
+export class OllamaStore {
+  readonly root: string;
+  readonly blobsDir: string;
+  readonly manifestsDir: string;
+
+  constructor(root: string) {
+    this.root = resolve(root);
+    this.blobsDir = join(this.root, "blobs");
+    this.manifestsDir = join(this.root, "manifests");
+  }
+
+  blobPath(digest: string): string {
+    return join(this.blobsDir, digestToFileName(digest));
+  }
+
+  /** Where an in-progress download lives; Ollama uses the same suffix. */
+  partialPath(digest: string): string {
+    return this.blobPath(digest) + "-partial";
+  }
+
+  manifestPath(ref: Reference): string {
+    const parts = [ref.host, ...ref.repository.split("/"), manifestTag(ref)];
+    for (const p of parts) {
+      if (!p || p === "." || p === ".." || p.includes("/") || p.includes("\\") || p.includes("\0")) {
+        throw new UsageError(`Reference component ${JSON.stringify(p)} cannot be a store path`);
+      }
+    }
+    const path = join(this.manifestsDir, ...parts);
+    if (!path.startsWith(this.manifestsDir + sep)) {
+      throw new UsageError(`Reference escapes the store: ${JSON.stringify(parts.join("/"))}`);
+    }
+    return path;
+  }
+
+  async ensureDirs(): Promise<void> {
+    for (const d of [this.blobsDir, this.manifestsDir]) {
+      await mkdir(d, { recursive: true }).catch((e) => {
+        throw storeError("create directory", d, e);
+      });
+    }
+  }
+
+  /** True when the blob is present with the expected size (content is trusted, as Ollama does; `verify` re-hashes). */
+  async hasBlob(digest: string, size: number): Promise<boolean> {
+    try {
+      const s = await stat(this.blobPath(digest));
+      return s.isFile() && s.size === size;
+    } catch {
+      return false;
+    }
+  }
+
+  async readManifest(ref: Reference): Promise<Uint8Array | undefined> {
+    try {
+      return new Uint8Array(await readFile(this.manifestPath(ref)));
+    } catch (e) {
+      if ((e as { code?: string }).code === "ENOENT") return undefined;
+      throw storeError("read", this.manifestPath(ref), e);
+    }
+  }
+
+  /** Writes the manifest bytes atomically, last, so a model is visible only when complete. */
+  async writeManifest(ref: Reference, bytes: Uint8Array): Promise<string> {
+    const path = this.manifestPath(ref);
+    const dir = path.slice(0, path.lastIndexOf(sep));
+    const tmp = `${path}.${process.pid}.tmp`;
+    try {
+      await mkdir(dir, { recursive: true });
+      await writeFile(tmp, bytes);
+      await syncPath(tmp);
+      await rename(tmp, path);
+      await syncDir(dir);
+    } catch (e) {
+      await rm(tmp, { force: true }).catch(() => {});
+      throw storeError("write manifest", path, e);
+    }
+    return path;
+  }
+}

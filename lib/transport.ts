@@ -1,0 +1,163 @@
+/**
+ * The HTTP path: `Fetch = (req) => Promise<Response>` and small wrappers, each
+ * one concern, composed once in {@link createTransport}:
+ *
+ *   userAgent → redirects → auth → retry → runtime fetch
+ *
+ * Redirects are followed here (never by the runtime), so that the auth layer sees
+ * every hop and attaches credentials only to the host they were issued for.
+ */
+import { NetworkError, redactUrl } from "./errors.ts";
+import {
+  backoffDelay,
+  DEFAULT_RETRY,
+  isRetryableStatus,
+  isTransientError,
+  parseRetryAfter,
+  type RetryPolicy,
+  sleep,
+} from "./retry.ts";
+
+export type Fetch = (req: Request) => Promise<Response>;
+
+/** Options for the runtime's fetch. */
+export interface BaseFetchOptions {
+  /** Extra CA certificates (PEM) to trust. */
+  caCerts?: string[];
+}
+
+/** The runtime's fetch, never following redirects itself. */
+export function baseFetch(options: BaseFetchOptions = {}): Fetch {
+  // deno-lint-ignore no-explicit-any
+  const g = globalThis as any;
+  // deno-lint-ignore no-explicit-any
+  let extra: Record<string, any> = {};
+  if (options.caCerts?.length) {
+    if (g.Deno?.createHttpClient) extra = { client: g.Deno.createHttpClient({ caCerts: options.caCerts }) };
+    else if (g.Bun) extra = { tls: { ca: options.caCerts } };
+  }
+  return (req) => fetch(req, { redirect: "manual", ...extra });
+}
+
+/** Sets `User-Agent` when the request has none. */
+export function withUserAgent(next: Fetch, userAgent: string): Fetch {
+  return (req) => {
+    if (req.headers.has("user-agent")) return next(req);
+    const headers = new Headers(req.headers);
+    headers.set("user-agent", userAgent);
+    return next(new Request(req, { headers }));
+  };
+}
+
+export interface RetryOptions extends Partial<RetryPolicy> {
+  onRetry?: (info: { attempt: number; reason: string; delayMs: number; url: string }) => void;
+}
+
+/**
+ * Retries bodiless requests on connection errors and retryable statuses
+ * (honouring `Retry-After`). Requests with a body are sent once: a stream cannot
+ * be rewound, so their callers own the retry.
+ */
+export function withRetry(next: Fetch, options: RetryOptions = {}): Fetch {
+  const policy: RetryPolicy = { ...DEFAULT_RETRY, ...stripUndefined(options) };
+  return async (req) => {
+    if (req.body !== null) return next(req);
+    for (let attempt = 0;; attempt++) {
+      let res: Response | undefined;
+      let reason: string;
+      let retryAfter: number | undefined;
+      try {
+        res = await next(req);
+        if (!isRetryableStatus(res.status) || attempt >= policy.maxRetries) return res;
+        reason = `HTTP ${res.status}`;
+        retryAfter = parseRetryAfter(res.headers.get("retry-after"));
+        await res.body?.cancel().catch(() => {});
+      } catch (err) {
+        if (req.signal.aborted || !isTransientError(err)) throw err;
+        if (attempt >= policy.maxRetries) {
+          throw new NetworkError(
+            `${req.method} ${redactUrl(req.url)} failed after ${attempt + 1} attempts: ${
+              (err as Error).message
+            }`,
+            { cause: err },
+          );
+        }
+        reason = (err as Error).message;
+      }
+      const delayMs = backoffDelay(attempt + 1, policy, retryAfter);
+      options.onRetry?.({ attempt: attempt + 1, reason, delayMs, url: redactUrl(req.url) });
+      await sleep(delayMs, req.signal);
+    }
+  };
+}
+
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+
+/**
+ * Follows up to `max` redirects. Authorization set by a caller is dropped when
+ * the origin changes; the auth layer below decides per hop what to attach.
+ * The final URL is exposed as `response.url` is not settable, so the layer
+ * records it in the `x-haul-final-url` header of the returned response.
+ */
+export function withRedirects(next: Fetch, max = 10): Fetch {
+  return async (req) => {
+    let current = req;
+    const first = new URL(req.url).origin;
+    for (let hop = 0;; hop++) {
+      const replay = current.body !== null ? current.clone() : undefined;
+      const res = await next(current);
+      if (!REDIRECTS.has(res.status) || !res.headers.has("location")) {
+        await replay?.body?.cancel().catch(() => {});
+        return hop === 0 ? res : withFinalUrl(res, current.url);
+      }
+      await res.body?.cancel().catch(() => {});
+      if (hop >= max) {
+        await replay?.body?.cancel().catch(() => {});
+        throw new NetworkError(`Too many redirects (over ${max}) from ${redactUrl(req.url)}`);
+      }
+      const to = new URL(res.headers.get("location")!, current.url);
+      if (to.protocol !== "https:" && to.protocol !== "http:") {
+        throw new NetworkError(`Refusing redirect to ${to.protocol} URL from ${redactUrl(current.url)}`);
+      }
+      if (new URL(current.url).protocol === "https:" && to.protocol === "http:" && !isLoopback(to)) {
+        throw new NetworkError(`Refusing redirect from https to plain http (${redactUrl(to)})`);
+      }
+      const headers = new Headers(current.headers);
+      if (to.origin !== first) headers.delete("authorization");
+      const method = res.status === 303 || ((res.status === 301 || res.status === 302) &&
+          current.method === "POST")
+        ? "GET"
+        : current.method;
+      const body = method === current.method ? replay?.body ?? null : null;
+      if (method !== current.method) await replay?.body?.cancel().catch(() => {});
+      current = new Request(to, {
+        method,
+        headers,
+        body,
+        signal: current.signal,
+        // deno-lint-ignore no-explicit-any
+        ...(body ? { duplex: "half" } as any : {}),
+      });
+    }
+  };
+}
+
+function withFinalUrl(res: Response, url: string): Response {
+  const headers = new Headers(res.headers);
+  headers.set("x-haul-final-url", url);
+  return new Response(res.body, { status: res.status, statusText: res.statusText, headers });
+}
+
+/** The URL a response finally came from (after {@link withRedirects}). */
+export function finalUrl(res: Response, requested: string): string {
+  return res.headers.get("x-haul-final-url") ?? requested;
+}
+
+export function isLoopback(u: URL): boolean {
+  const h = u.hostname;
+  return h === "localhost" || h.startsWith("127.") || h === "[::1]" || h === "::1";
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
