@@ -72,7 +72,9 @@ function parsePlatform(s: string | undefined) {
   return variant ? { os, architecture, variant } : { os, architecture };
 }
 
-function renderMode(values: { json?: boolean; quiet?: boolean }): "json" | "quiet" | "tty" | "plain" {
+function renderMode(
+  values: { json?: boolean; quiet?: boolean },
+): "json" | "quiet" | "tty" | "plain" {
   if (values.json) return "json";
   if (values.quiet) return "quiet";
   return process.stderr.isTTY ? "tty" : "plain";
@@ -106,20 +108,26 @@ async function cmdPull(args: string[], signal: AbortSignal): Promise<void> {
       else process.stderr.write(s);
     },
     now: () => Date.now(),
-    width: process.stderr.columns,
+    width: () => process.stderr.columns || 80,
+    height: () => process.stderr.rows || 24,
   });
+  // Renderers own no timers: tick them so speed and ETA move while data stalls.
+  const tick = setInterval(() => renderer.flush(), mode === "plain" ? 1000 : 200);
   try {
     await pull(positionals, {
       modelsDir: values.models,
       insecure: values.insecure,
       concurrency: parseNumber(values.concurrency, "--concurrency", 1),
-      partSize: values["part-size"] === undefined ? undefined : parseSize(values["part-size"], "--part-size"),
+      partSize: values["part-size"] === undefined
+        ? undefined
+        : parseSize(values["part-size"], "--part-size"),
       stallTimeout: parseNumber(values["stall-timeout"], "--stall-timeout", 0.05),
       platform: parsePlatform(values.platform),
       onEvent: (e: ProgressEvent) => renderer.handle(e),
       signal,
     });
   } finally {
+    clearInterval(tick);
     renderer.close();
   }
 }
@@ -176,7 +184,9 @@ function report(err: unknown, interrupted: boolean): number {
     process.stderr.write(`haul: ${oneLine((err as Error).message)}\n`);
     return ExitCode.usage;
   }
-  process.stderr.write(`haul: internal error: ${oneLine(String((err as Error)?.message ?? err))}\n`);
+  process.stderr.write(
+    `haul: internal error: ${oneLine(String((err as Error)?.message ?? err))}\n`,
+  );
   return ExitCode.internal;
 }
 

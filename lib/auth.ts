@@ -116,7 +116,7 @@ export class Authenticator {
     if (ch.scheme !== "bearer") return false;
     const before = this.#scopes.size;
     const scope = ch.params["scope"];
-    if (scope) for (const s of scope.split(" ")) if (s) this.#scopes.add(s);
+    if (scope) { for (const s of scope.split(" ")) if (s) this.#scopes.add(s); }
     this.#lastBearer = ch;
     // Another request refreshed the token since this one was sent: just resend.
     const current = this.#token ? `Bearer ${this.#token.value}` : undefined;

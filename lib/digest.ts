@@ -25,11 +25,15 @@ export function checkDigest(digest: unknown, what = "digest"): string {
   if (colon < 0) throw new ManifestError(`Invalid ${what} ${shown}: missing "algorithm:"`);
   const alg = digest.slice(0, colon);
   if (alg !== "sha256") {
-    throw new ManifestError(`Invalid ${what} ${shown}: unsupported algorithm "${alg}" (only sha256)`);
+    throw new ManifestError(
+      `Invalid ${what} ${shown}: unsupported algorithm "${alg}" (only sha256)`,
+    );
   }
   const hex = digest.slice(colon + 1);
   if (hex.length !== 64) {
-    throw new ManifestError(`Invalid ${what} ${shown}: expected 64 hex characters, got ${hex.length}`);
+    throw new ManifestError(
+      `Invalid ${what} ${shown}: expected 64 hex characters, got ${hex.length}`,
+    );
   }
   throw new ManifestError(`Invalid ${what} ${shown}: not lower-case hex`);
 }

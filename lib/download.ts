@@ -79,9 +79,14 @@ export interface DownloadResult {
 }
 
 function tuningFrom(o: TransferTuning & ConnectionOptions): RangeTuning & { concurrency: number } {
-  const t = { ...DEFAULT_TUNING, ...Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) };
+  const t = {
+    ...DEFAULT_TUNING,
+    ...Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)),
+  };
   const positive = (name: string, v: number, min = 1) => {
-    if (!Number.isFinite(v) || v < min) throw new RangeError(`${name} must be at least ${min}, got ${v}`);
+    if (!Number.isFinite(v) || v < min) {
+      throw new RangeError(`${name} must be at least ${min}, got ${v}`);
+    }
   };
   positive("concurrency", t.concurrency);
   positive("partSize", t.partSize, 1 << 16);
@@ -143,7 +148,9 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
     let url = session.client.blobUrl(options.repository, b.digest);
     if (b.size > tuning.singleStreamMax) {
       // Resolve once: parts then go straight to the final (CDN) URL.
-      url = (await session.client.resolveBlob(options.repository, b.digest, { signal: abort.signal })).url;
+      url =
+        (await session.client.resolveBlob(options.repository, b.digest, { signal: abort.signal }))
+          .url;
     }
     const n = await downloadBlob(
       { digest: b.digest, size: b.size, url, path, partialPath: path + "-partial" },
@@ -156,7 +163,13 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
         onBytes: (d) => {
           blobDone += d;
           completed += d;
-          emit({ type: "blob-progress", op: "pull", digest: b.digest, total: b.size, completed: blobDone });
+          emit({
+            type: "blob-progress",
+            op: "pull",
+            digest: b.digest,
+            total: b.size,
+            completed: blobDone,
+          });
           report();
         },
         onRetry: (info) => emit({ type: "retry", digest: b.digest, ...info }),

@@ -86,9 +86,14 @@ function descriptor(v: unknown, where: string): Descriptor {
 }
 
 /** Parses and validates a manifest or index. `contentType` is the response's media type. */
-export function parseManifest(bytes: Uint8Array, contentType?: string): ImageManifest | IndexManifest {
+export function parseManifest(
+  bytes: Uint8Array,
+  contentType?: string,
+): ImageManifest | IndexManifest {
   if (bytes.byteLength > MAX_MANIFEST_BYTES) {
-    throw new ManifestError(`Manifest is ${bytes.byteLength} bytes, over the ${MAX_MANIFEST_BYTES} limit`);
+    throw new ManifestError(
+      `Manifest is ${bytes.byteLength} bytes, over the ${MAX_MANIFEST_BYTES} limit`,
+    );
   }
   let doc: unknown;
   try {
@@ -104,9 +109,14 @@ export function parseManifest(bytes: Uint8Array, contentType?: string): ImageMan
   }
   const ct = (contentType ?? "").split(";")[0].trim();
   const mediaType = typeof doc.mediaType === "string" ? doc.mediaType : ct;
-  if (Array.isArray(doc.manifests) || mediaType === MediaType.ociIndex || mediaType === MediaType.dockerList) {
+  if (
+    Array.isArray(doc.manifests) || mediaType === MediaType.ociIndex ||
+    mediaType === MediaType.dockerList
+  ) {
     if (!Array.isArray(doc.manifests)) throw new ManifestError("Index has no manifests array");
-    if (doc.manifests.length > MAX_LAYERS) throw new ManifestError("Index lists too many manifests");
+    if (doc.manifests.length > MAX_LAYERS) {
+      throw new ManifestError("Index lists too many manifests");
+    }
     const manifests = doc.manifests.map((m, i) => descriptor(m, `manifests[${i}]`));
     return { kind: "index", mediaType: mediaType || MediaType.ociIndex, manifests };
   }
@@ -120,7 +130,9 @@ export function parseManifest(bytes: Uint8Array, contentType?: string): ImageMan
   for (const l of layers) {
     const s = sizes.get(l.digest);
     if (s !== undefined && s !== l.size) {
-      throw new ManifestError(`Manifest lists ${l.digest} twice with different sizes (${s} and ${l.size})`);
+      throw new ManifestError(
+        `Manifest lists ${l.digest} twice with different sizes (${s} and ${l.size})`,
+      );
     }
     sizes.set(l.digest, l.size);
   }

@@ -8,7 +8,7 @@
  * ```
  * @module
  */
-export { download, DEFAULT_TUNING } from "./download.ts";
+export { DEFAULT_TUNING, download } from "./download.ts";
 export type { Blob, DownloadOptions, DownloadResult, TransferTuning } from "./download.ts";
 export { currentPlatform, pull, resolveReference } from "./pull.ts";
 export type { PullOptions, PullResult } from "./pull.ts";

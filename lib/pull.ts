@@ -39,7 +39,14 @@ export interface PullResult {
 
 /** The machine's platform in OCI terms. */
 export function currentPlatform(): Platform {
-  const arch = ({ x64: "amd64", arm64: "arm64", arm: "arm", ia32: "386", ppc64: "ppc64le", s390x: "s390x" } as Record<
+  const arch = ({
+    x64: "amd64",
+    arm64: "arm64",
+    arm: "arm",
+    ia32: "386",
+    ppc64: "ppc64le",
+    s390x: "s390x",
+  } as Record<
     string,
     string
   >)[process.arch] ?? process.arch;
@@ -72,7 +79,10 @@ function platformMatches(p: Platform | undefined, want: Platform): boolean {
 }
 
 /** Pulls one or more references into the store. */
-export async function pull(refs: string | string[], options: PullOptions = {}): Promise<PullResult[]> {
+export async function pull(
+  refs: string | string[],
+  options: PullOptions = {},
+): Promise<PullResult[]> {
   const list = Array.isArray(refs) ? refs : [refs];
   if (!list.length) throw new UsageError("Nothing to pull: give at least one reference");
   const parsed = list.map((r) => resolveReference(r, options.insecure));
@@ -106,15 +116,21 @@ export async function pull(refs: string | string[], options: PullOptions = {}): 
       const pick = doc.manifests.find((m) => platformMatches(m.platform, want));
       if (!pick) {
         const avail = doc.manifests.map((m) =>
-          m.platform ? `${m.platform.os}/${m.platform.architecture}${m.platform.variant ? "/" + m.platform.variant : ""}` : "?"
+          m.platform
+            ? `${m.platform.os}/${m.platform.architecture}${
+              m.platform.variant ? "/" + m.platform.variant : ""
+            }`
+            : "?"
         );
         throw new ManifestError(
-          `${formatReference(ref)} has no manifest for ${want.os}/${want.architecture}; available: ${
-            avail.join(", ")
-          }`,
+          `${
+            formatReference(ref)
+          } has no manifest for ${want.os}/${want.architecture}; available: ${avail.join(", ")}`,
         );
       }
-      got = await session.client.getManifest(ref.repository, pick.digest, { signal: options.signal });
+      got = await session.client.getManifest(ref.repository, pick.digest, {
+        signal: options.signal,
+      });
       doc = parseManifest(got.bytes, got.mediaType);
       if (doc.kind !== "manifest") throw new ManifestError("An index points to another index");
     }

@@ -30,7 +30,7 @@ import {
 } from "./errors.ts";
 import { Sha256 } from "./digest.ts";
 import { createFileHasher, type FileHasher } from "./hasher.ts";
-import { createSized, openWriter, type OffsetWriter, syncDir, syncPath } from "./fsio.ts";
+import { createSized, type OffsetWriter, openWriter, syncDir, syncPath } from "./fsio.ts";
 import type { Semaphore } from "./pool.ts";
 import { backoffDelay, isTransientError, type RetryPolicy, sleep } from "./retry.ts";
 import type { Fetch } from "./transport.ts";
@@ -255,7 +255,12 @@ async function downloadLargeOnce(
     } catch (e) {
       throw storeError("create", job.partialPath, e);
     }
-    st = { version: 1, digest: job.digest, size: job.size, parts: planParts(job.size, tuning.partSize) };
+    st = {
+      version: 1,
+      digest: job.digest,
+      size: job.size,
+      parts: planParts(job.size, tuning.partSize),
+    };
     await saveState(job, st).catch((e) => {
       throw storeError("write", statePath(job), e);
     });
@@ -356,7 +361,9 @@ async function downloadLargeOnce(
             } s); giving up`,
           );
         }
-        const delayMs = verdict.stall || (err instanceof AttemptCut) ? 0 : backoffDelay(failures, tuning.retry);
+        const delayMs = verdict.stall || (err instanceof AttemptCut)
+          ? 0
+          : backoffDelay(failures, tuning.retry);
         ctx.onRetry?.({ attempt: failures + stalls + slows, reason: verdict.reason, delayMs });
         await sleep(delayMs, blobAbort.signal).catch(() => {});
       } finally {
@@ -506,8 +513,10 @@ async function runAttempt(
     if (res.status === 206) {
       const cr = res.headers.get("content-range") ?? "";
       const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(cr.trim());
-      if (!m || Number(m[1]) !== start || Number(m[2]) !== end - 1 ||
-        (m[3] !== "*" && Number(m[3]) !== job.size)) {
+      if (
+        !m || Number(m[1]) !== start || Number(m[2]) !== end - 1 ||
+        (m[3] !== "*" && Number(m[3]) !== job.size)
+      ) {
         await res.body?.cancel().catch(() => {});
         throw new RangeLie(
           `Server answered Range bytes=${start}-${end - 1} of ${job.digest} with Content-Range ${
@@ -602,12 +611,16 @@ interface Verdict {
 }
 
 function classify(err: unknown, ctx: BlobContext, failures: number, stalls: number): Verdict {
-  if (ctx.signal?.aborted) return { stall: false, reason: "interrupted", fatal: new InterruptedError() };
+  if (ctx.signal?.aborted) {
+    return { stall: false, reason: "interrupted", fatal: new InterruptedError() };
+  }
   if (err instanceof AttemptCut) {
     const v: Verdict = { stall: err.kind === "stall", reason: err.message };
     if (err.kind === "stall" && stalls + 1 > ctx.tuning.maxStalls) {
       v.fatal = new NetworkError(
-        `Download stalled ${stalls + 1} times (no data for ${ctx.tuning.stallTimeoutMs / 1000} s); giving up`,
+        `Download stalled ${stalls + 1} times (no data for ${
+          ctx.tuning.stallTimeoutMs / 1000
+        } s); giving up`,
       );
     }
     return v;
@@ -625,7 +638,9 @@ function classify(err: unknown, ctx: BlobContext, failures: number, stalls: numb
   const message = (err as Error)?.message ?? String(err);
   const exhausted = err instanceof HaulError
     ? err
-    : new NetworkError(`Download failed after ${failures + 1} attempts: ${message}`, { cause: err });
+    : new NetworkError(`Download failed after ${failures + 1} attempts: ${message}`, {
+      cause: err,
+    });
   if (failures + 1 > ctx.tuning.retry.maxRetries) {
     return { stall: false, reason: message, fatal: exhausted };
   }

@@ -3,7 +3,13 @@
  * {@link Fetch} stack that already does user agent, redirects, auth and retry.
  */
 import { sha256Digest } from "./digest.ts";
-import { IntegrityError, ManifestError, NotFoundError, type OciErrorDetail, RegistryError } from "./errors.ts";
+import {
+  IntegrityError,
+  ManifestError,
+  NotFoundError,
+  type OciErrorDetail,
+  RegistryError,
+} from "./errors.ts";
 import { MANIFEST_ACCEPT, MAX_MANIFEST_BYTES } from "./manifest.ts";
 import { type Fetch, finalUrl } from "./transport.ts";
 

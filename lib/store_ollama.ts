@@ -42,7 +42,9 @@ export class OllamaStore {
   manifestPath(ref: Reference): string {
     const parts = [ref.host, ...ref.repository.split("/"), manifestTag(ref)];
     for (const p of parts) {
-      if (!p || p === "." || p === ".." || p.includes("/") || p.includes("\\") || p.includes("\0")) {
+      if (
+        !p || p === "." || p === ".." || p.includes("/") || p.includes("\\") || p.includes("\0")
+      ) {
         throw new UsageError(`Reference component ${JSON.stringify(p)} cannot be a store path`);
       }
     }

@@ -33,8 +33,9 @@ export function baseFetch(options: BaseFetchOptions = {}): Fetch {
   // deno-lint-ignore no-explicit-any
   let extra: Record<string, any> = {};
   if (options.caCerts?.length) {
-    if (g.Deno?.createHttpClient) extra = { client: g.Deno.createHttpClient({ caCerts: options.caCerts }) };
-    else if (g.Bun) extra = { tls: { ca: options.caCerts } };
+    if (g.Deno?.createHttpClient) {
+      extra = { client: g.Deno.createHttpClient({ caCerts: options.caCerts }) };
+    } else if (g.Bun) extra = { tls: { ca: options.caCerts } };
   }
   return (req) => fetch(req, { redirect: "manual", ...extra });
 }
@@ -117,9 +118,13 @@ export function withRedirects(next: Fetch, max = 10): Fetch {
       }
       const to = new URL(res.headers.get("location")!, current.url);
       if (to.protocol !== "https:" && to.protocol !== "http:") {
-        throw new NetworkError(`Refusing redirect to ${to.protocol} URL from ${redactUrl(current.url)}`);
+        throw new NetworkError(
+          `Refusing redirect to ${to.protocol} URL from ${redactUrl(current.url)}`,
+        );
       }
-      if (new URL(current.url).protocol === "https:" && to.protocol === "http:" && !isLoopback(to)) {
+      if (
+        new URL(current.url).protocol === "https:" && to.protocol === "http:" && !isLoopback(to)
+      ) {
         throw new NetworkError(`Refusing redirect from https to plain http (${redactUrl(to)})`);
       }
       const headers = new Headers(current.headers);
