@@ -1,0 +1,69 @@
+/** haul pull */
+import { parseArgs } from "node:util";
+import { pull } from "../lib/mod.ts";
+import type { ProgressEvent } from "../lib/progress_events.ts";
+import { UsageError } from "../lib/errors.ts";
+import { type Command, parseNumber, parsePlatform, parseSize, startProgress } from "./common.ts";
+
+export const PULL_HELP = `Usage: haul pull [options] REF...
+
+Fetches each REF's manifest and every blob it references, in parallel, into
+Ollama's model store, so that "ollama run NAME" uses it at once. Large blobs
+are split into HTTP Range parts; SHA-256 is verified as data streams; an
+interrupted pull resumes where it stopped.
+
+Options:
+  --models DIR          store root (default $OLLAMA_MODELS or ~/.ollama/models)
+  --insecure            allow plain http (and an http:// REF)
+  --concurrency N       simultaneous transfers, blobs and parts (default 16)
+  --part-size SIZE      Range part size, e.g. 64M (default 64M)
+  --stall-timeout SECS  re-fetch a part after this long without data (default 30)
+  --platform OS/ARCH    platform to pick from an image index (default this machine)
+  --json                print Ollama's /api/pull NDJSON progress on stdout
+  --quiet, -q           print nothing but errors
+  -h, --help            this help
+
+Examples:
+  haul pull llama3.2
+  haul pull --insecure --models /tmp/models 127.0.0.1:5000/library/tiny:latest
+  haul pull --json qwen2.5:0.5b | jq .status`;
+
+export const pullCommand: Command = async (args, signal) => {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      models: { type: "string" },
+      insecure: { type: "boolean" },
+      concurrency: { type: "string" },
+      "part-size": { type: "string" },
+      "stall-timeout": { type: "string" },
+      platform: { type: "string" },
+      json: { type: "boolean" },
+      quiet: { type: "boolean", short: "q" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(PULL_HELP);
+    return;
+  }
+  if (!positionals.length) throw new UsageError("pull: missing REF (see haul pull --help)");
+  const progress = startProgress(values);
+  try {
+    await pull(positionals, {
+      modelsDir: values.models,
+      insecure: values.insecure,
+      concurrency: parseNumber(values.concurrency, "--concurrency", 1),
+      partSize: values["part-size"] === undefined
+        ? undefined
+        : parseSize(values["part-size"], "--part-size"),
+      stallTimeout: parseNumber(values["stall-timeout"], "--stall-timeout", 0.05),
+      platform: parsePlatform(values.platform),
+      onEvent: (e: ProgressEvent) => progress.renderer.handle(e),
+      signal,
+    });
+  } finally {
+    progress.stop();
+  }
+};
