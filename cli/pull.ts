@@ -18,6 +18,7 @@ Options:
   --concurrency N       simultaneous transfers, blobs and parts (default 16)
   --part-size SIZE      Range part size, e.g. 64M (default 64M)
   --stall-timeout SECS  re-fetch a part after this long without data (default 30)
+  --retries N           retries per request or part after a failure (default 6)
   --platform OS/ARCH    platform to pick from an image index (default this machine)
   --json                print Ollama's /api/pull NDJSON progress on stdout
   --quiet, -q           print nothing but errors
@@ -38,6 +39,7 @@ export const pullCommand: Command = async (args, signal) => {
       concurrency: { type: "string" },
       "part-size": { type: "string" },
       "stall-timeout": { type: "string" },
+      retries: { type: "string" },
       platform: { type: "string" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
@@ -60,6 +62,9 @@ export const pullCommand: Command = async (args, signal) => {
         : parseSize(values["part-size"], "--part-size"),
       stallTimeout: parseNumber(values["stall-timeout"], "--stall-timeout", 0.05),
       platform: parsePlatform(values.platform),
+      retry: values.retries === undefined
+        ? undefined
+        : { maxRetries: parseNumber(values.retries, "--retries", 0) },
       onEvent: (e: ProgressEvent) => progress.renderer.handle(e),
       signal,
     });

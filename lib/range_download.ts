@@ -300,6 +300,8 @@ async function downloadLargeOnce(
   let firstError: unknown;
   let queue = state.parts.filter((p) => p.done < p.size);
 
+  // Attempts in flight, so that a stream taking over the blob can stop the others.
+  const attempts = new Set<AbortController>();
   const runPart = async (part: Part) => {
     let failures = 0;
     let stalls = 0;
@@ -309,43 +311,67 @@ async function downloadLargeOnce(
       const release = await ctx.slots.acquire(blobAbort.signal).catch(() => undefined);
       if (!release) return;
       let writer: OffsetWriter | undefined;
-      try {
-        const start = part.offset + part.done;
-        writer = await openWriter(job.partialPath, start).catch((e) => {
+      const attempt = new AbortController();
+      const onBlobAbort = () => attempt.abort(blobAbort.signal.reason);
+      blobAbort.signal.addEventListener("abort", onBlobAbort, { once: true });
+      attempts.add(attempt);
+      const open = async (at: number) => {
+        writer?.close();
+        writer = await openWriter(job.partialPath, at).catch((e) => {
           throw storeError("open", job.partialPath, e);
         });
+        return writer;
+      };
+      try {
+        const start = part.offset + part.done;
         const t0 = Date.now();
         const before = part.done;
-        await runAttempt(ctx, job, start, part.offset + part.size, writer, undefined, (n) => {
-          transferred += n;
-          count(n);
-          ctx.onBytes(n);
-        }, {
-          signal: blobAbort.signal,
-          onFlushed: (n) => {
-            part.done += n;
-            hasher.advance(watermark());
-            void persist();
+        await runAttempt(
+          ctx,
+          job,
+          start,
+          part.offset + part.size,
+          await open(start),
+          undefined,
+          (n) => {
+            transferred += n;
+            count(n);
+            ctx.onBytes(n);
           },
-          onWholeBody: () => {
-            // 200 to a Range request: the rest of the blob comes in this one stream.
-            if (!sequential) {
-              sequential = true;
-              const w = watermark();
-              const rest: Part = { offset: w, size: job.size - w, done: 0 };
-              state.parts = w > 0 ? [{ offset: 0, size: w, done: w }, rest] : [rest];
-              queue = [];
-              part = rest;
-            }
-            return part.offset + part.done;
+          {
+            signal: attempt.signal,
+            reopen: open,
+            onFlushed: (n) => {
+              part.done += n;
+              hasher.advance(watermark());
+              void persist();
+            },
+            onWholeBody: () => {
+              // 200 to a Range request: the rest of the blob comes in this one stream.
+              if (!sequential) {
+                sequential = true;
+                for (const other of attempts) {
+                  if (other !== attempt) {
+                    other.abort(new AttemptCut("superseded", "one stream took over"));
+                  }
+                }
+                const w = watermark();
+                const rest: Part = { offset: w, size: job.size - w, done: 0 };
+                state.parts = w > 0 ? [{ offset: 0, size: w, done: w }, rest] : [rest];
+                queue = [];
+                part = rest;
+              }
+              return part.offset + part.done;
+            },
+            speeds: ctx.speeds,
           },
-          speeds: ctx.speeds,
-        });
+        );
         const ms = Math.max(1, Date.now() - t0);
         if (part.size >= 1 << 20) ctx.speeds.record((part.done - before) / ms);
       } catch (err) {
         if (blobAbort.signal.aborted) return;
-        if (err instanceof AttemptCut && err.kind === "superseded") return;
+        const reason = attempt.signal.reason;
+        if (reason instanceof AttemptCut && reason.kind === "superseded") return;
         const verdict = classify(err, ctx, failures, stalls);
         if (err instanceof AttemptCut && err.kind === "slow") {
           slows++;
@@ -367,7 +393,9 @@ async function downloadLargeOnce(
         ctx.onRetry?.({ attempt: failures + stalls + slows, reason: verdict.reason, delayMs });
         await sleep(delayMs, blobAbort.signal).catch(() => {});
       } finally {
-        writer?.close();
+        attempts.delete(attempt);
+        blobAbort.signal.removeEventListener("abort", onBlobAbort);
+        (writer as OffsetWriter | undefined)?.close();
         release?.();
       }
     }
@@ -438,6 +466,8 @@ interface AttemptHooks {
   onFlushed?: (n: number) => void;
   /** The server sent the whole body for a Range request; returns the offset to resume at. */
   onWholeBody?: () => number;
+  /** Opens a writer at another offset (after {@link AttemptHooks.onWholeBody}). */
+  reopen?: (offset: number) => Promise<OffsetWriter>;
   speeds?: SpeedTracker;
 }
 
@@ -450,7 +480,7 @@ async function runAttempt(
   job: BlobJob,
   start: number,
   end: number,
-  writer: OffsetWriter,
+  firstWriter: OffsetWriter,
   hash: Sha256 | undefined,
   onBytes: (n: number) => void,
   hooks: AttemptHooks = {},
@@ -484,7 +514,9 @@ async function runAttempt(
     }
   }, Math.min(1000, Math.max(50, tuning.stallTimeoutMs / 4)));
 
-  const buf = new Uint8Array(Math.min(tuning.bufferSize, Math.max(end - start, 1)));
+  let writer = firstWriter;
+  let base = start; // where this attempt's bytes start landing
+  const buf = new Uint8Array(Math.min(tuning.bufferSize, Math.max(end - start, 1 << 16)));
   let filled = 0;
   let written = start; // absolute offset the writer is at
   let skip = 0; // bytes of a whole-body 200 to drop before `start`
@@ -535,7 +567,9 @@ async function runAttempt(
       if (ranged) {
         const resumeAt = hooks.onWholeBody ? hooks.onWholeBody() : start;
         if (resumeAt !== written) {
-          throw new AttemptCut("superseded", "another stream took over this blob");
+          if (!hooks.reopen) throw new AttemptCut("superseded", "another stream took over");
+          writer = await hooks.reopen(resumeAt);
+          written = base = resumeAt;
         }
         skip = resumeAt;
         limit = job.size;
@@ -585,7 +619,7 @@ async function runAttempt(
     await flush();
     if (written < limit) {
       throw new NetworkError(
-        `Connection closed after ${written - start} of ${limit - start} bytes of ${job.digest}`,
+        `Connection closed after ${written - base} of ${limit - base} bytes of ${job.digest}`,
       );
     }
     return received;
@@ -595,7 +629,7 @@ async function runAttempt(
       await flush().catch(() => {});
     }
     if (hash) throw err; // small blobs restart from zero; the caller discounts `received`
-    onBytes(-(received - (written - start)));
+    onBytes(-(received - (written - base)));
     throw err;
   } finally {
     clearInterval(timer);
