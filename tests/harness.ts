@@ -346,22 +346,25 @@ export interface KeyPair {
   certFile: string;
 }
 
-/**
- * A self-signed EC P-256 certificate (SAN 127.0.0.1, ::1, localhost), usable both to sign
- * tokens and to serve TLS.
- */
-export async function makeCert(dir: string, name = "cert"): Promise<KeyPair> {
-  const keyFile = path.join(dir, `${name}.key`);
-  const certFile = path.join(dir, `${name}.crt`);
-  await run("openssl", [
+const ecKey = (file: string) =>
+  run("openssl", [
     "genpkey",
     "-algorithm",
     "EC",
     "-pkeyopt",
     "ec_paramgen_curve:P-256",
     "-out",
-    keyFile,
+    file,
   ]);
+
+/**
+ * A self-signed EC P-256 certificate and its key, for signing tokens: the registry's
+ * rootcertbundle holds the certificate itself.
+ */
+export async function makeCert(dir: string, name = "cert"): Promise<KeyPair> {
+  const keyFile = path.join(dir, `${name}.key`);
+  const certFile = path.join(dir, `${name}.crt`);
+  await ecKey(keyFile);
   await run("openssl", [
     "req",
     "-new",
@@ -374,12 +377,71 @@ export async function makeCert(dir: string, name = "cert"): Promise<KeyPair> {
     "3650",
     "-subj",
     `/CN=haul-test-${name}`,
-    "-addext",
-    "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost",
-    "-addext",
-    "basicConstraints=critical,CA:TRUE",
   ]);
   return { keyFile, certFile };
+}
+
+/**
+ * A server certificate (SAN 127.0.0.1, ::1, localhost) signed by a fresh CA, for `tls`.
+ * Clients trust `caFile`; rustls (Deno's fetch) refuses a CA certificate used as the server's own.
+ */
+export async function makeTlsCert(
+  dir: string,
+  name = "tls",
+): Promise<KeyPair & { caFile: string }> {
+  const caKey = path.join(dir, `${name}-ca.key`);
+  const caFile = path.join(dir, `${name}-ca.crt`);
+  const keyFile = path.join(dir, `${name}.key`);
+  const csr = path.join(dir, `${name}.csr`);
+  const certFile = path.join(dir, `${name}.crt`);
+  const ext = path.join(dir, `${name}.ext`);
+  await ecKey(caKey);
+  await run("openssl", [
+    "req",
+    "-new",
+    "-x509",
+    "-key",
+    caKey,
+    "-out",
+    caFile,
+    "-days",
+    "3650",
+    "-subj",
+    `/CN=haul-test-${name}-ca`,
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+  ]);
+  await ecKey(keyFile);
+  await run("openssl", ["req", "-new", "-key", keyFile, "-out", csr, "-subj", "/CN=127.0.0.1"]);
+  await fsp.writeFile(
+    ext,
+    [
+      "basicConstraints=critical,CA:FALSE",
+      "keyUsage=critical,digitalSignature",
+      "extendedKeyUsage=serverAuth",
+      "subjectAltName=IP:127.0.0.1,IP:::1,DNS:localhost",
+    ].join("\n") + "\n",
+  );
+  await run("openssl", [
+    "x509",
+    "-req",
+    "-in",
+    csr,
+    "-CA",
+    caFile,
+    "-CAkey",
+    caKey,
+    "-CAcreateserial",
+    "-out",
+    certFile,
+    "-days",
+    "3650",
+    "-extfile",
+    ext,
+  ]);
+  return { keyFile, certFile, caFile };
 }
 
 // ---------------------------------------------------------------------------
@@ -646,7 +708,9 @@ export interface RegistryOptions {
   proxyRemote?: string;
   /** Credentials the proxy uses towards its remote. */
   proxyAuth?: { user: string; pass: string };
-  tls?: { certFile: string; keyFile: string };
+  /** Serve https; `caFile` (see makeTlsCert) is what clients must trust, default certFile. */
+  /** `true` makes a CA and server certificate in the registry's dir. */
+  tls?: true | { certFile: string; keyFile: string; caFile?: string };
   /** With auth "token": anonymous pulls allowed (default true). */
   anonymousPull?: boolean;
   /** Keep the temp dir after stop() (for post-mortems). */
@@ -689,6 +753,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
   await fsp.mkdir(storage, { recursive: true });
   let token: TokenServer | undefined;
   let child: ChildProcess | undefined;
+  let tls: { certFile: string; keyFile: string; caFile?: string } | undefined;
   const cleanup = async () => {
     if (child) await terminate(child);
     if (token) await token.stop();
@@ -696,6 +761,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
   };
 
   try {
+    tls = opts.tls === true ? await makeTlsCert(dir) : opts.tls;
     const authLines: string[] = [];
     if (auth === "basic") {
       const lines: string[] = [];
@@ -749,11 +815,11 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
         "http:",
         `  addr: ${q(`127.0.0.1:${port}`)}`,
         `  secret: ${q(crypto.randomBytes(16).toString("hex"))}`,
-        ...(opts.tls
+        ...(tls
           ? [
             "  tls:",
-            `    certificate: ${q(opts.tls.certFile)}`,
-            `    key: ${q(opts.tls.keyFile)}`,
+            `    certificate: ${q(tls.certFile)}`,
+            `    key: ${q(tls.keyFile)}`,
           ]
           : []),
         "health:",
@@ -782,12 +848,12 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
       ], {
         stdio: "ignore",
       });
-      const scheme = opts.tls ? "https" : "http";
+      const scheme = tls ? "https" : "http";
       const url = `${scheme}://127.0.0.1:${port}`;
       const deadline = Date.now() + 15_000;
       let status = 0;
       while (Date.now() < deadline && child.exitCode === null && child.signalCode === null) {
-        status = await probe(url, opts.tls?.certFile);
+        status = await probe(url, tls?.caFile ?? tls?.certFile);
         if (status === 200 || status === 401) break;
         await sleep(50);
       }
@@ -804,7 +870,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
           logFile,
           token,
           users,
-          caFile: opts.tls?.certFile,
+          caFile: tls ? (tls.caFile ?? tls.certFile) : undefined,
           async stop() {
             if (stopped) return;
             stopped = true;
@@ -1045,6 +1111,8 @@ export function spawnCli(args: string[], opts: CliOptions = {}): CliChild {
     cwd: opts.cwd,
     env: { ...process.env, NO_COLOR: "1", DENO_NO_UPDATE_CHECK: "1", ...opts.env },
     stdio: [opts.stdin !== undefined ? "pipe" : "ignore", "pipe", "pipe"],
+    // Own process group, so a timeout also kills whatever the CLI started.
+    detached: true,
   });
   const out: Buffer[] = [];
   const err: Buffer[] = [];
@@ -1057,23 +1125,48 @@ export function spawnCli(args: string[], opts: CliOptions = {}): CliChild {
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
-    child.kill("SIGKILL");
+    try {
+      if (child.pid) process.kill(-child.pid, "SIGKILL");
+    } catch {
+      child.kill("SIGKILL");
+    }
   }, opts.timeoutMs ?? 120_000);
   const text = () => ({
     stdout: Buffer.concat(out).toString("utf8"),
     stderr: Buffer.concat(err).toString("utf8"),
   });
   const result = new Promise<CliResult>((resolve, reject) => {
+    let exit: { code: number | null; signal: string | null } | undefined;
+    let done = false;
+    let grace: ReturnType<typeof setTimeout> | undefined;
+    const finish = () => {
+      if (done || !exit) return;
+      done = true;
+      clearTimeout(timer);
+      clearTimeout(grace);
+      const { code, signal } = exit;
+      resolve({
+        code: code ?? 128 + (signal ? SIGNALS[signal] ?? 0 : 0),
+        signal,
+        timedOut,
+        ...text(),
+      });
+    };
     child.once("error", (e) => {
       clearTimeout(timer);
       reject(e);
     });
-    // "close" fires after exit and after stdout/stderr have ended, so no output is lost.
-    child.once("close", (code: number | null, signal: string | null) => {
-      clearTimeout(timer);
-      const c = code ?? 128 + (signal ? SIGNALS[signal] ?? 0 : 0);
-      resolve({ code: c, signal, timedOut, ...text() });
+    child.once("exit", (code: number | null, signal: string | null) => {
+      exit = { code, signal };
+      // Output may still be in the pipes: wait for "close", but not forever, since a
+      // grandchild that survived a kill can hold the pipes open.
+      grace = setTimeout(() => {
+        child.stdout?.destroy();
+        child.stderr?.destroy();
+        finish();
+      }, 1000);
     });
+    child.once("close", () => finish());
   });
   return Object.assign(child, { result, output: text });
 }

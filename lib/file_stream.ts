@@ -1,0 +1,129 @@
+/**
+ * Byte ranges of a file as a `ReadableStream`, read on demand with bounded
+ * memory: the stream pulls one `readSize` buffer at a time, and the HTTP server
+ * pulls only as fast as the client drains its socket, so a slow client costs at
+ * most ~2 buffers. `node:fs/promises` reads at ~6 GB/s here in 1 MiB reads on
+ * both Deno and Bun, so no runtime-specific code is needed.
+ */
+import { type FileHandle, open } from "node:fs/promises";
+
+/** An open regular file; {@link OpenFile.stream} hands the handle to the stream. */
+export interface OpenFile {
+  /** Size when opened (from the open descriptor, so it matches what is read). */
+  readonly size: number;
+  /** Modification time in ms. */
+  readonly mtimeMs: number;
+  /**
+   * Streams bytes `[start, end)` and closes the file when the stream ends, is
+   * cancelled (client went away) or `signal` aborts (server shutting down).
+   */
+  stream(start: number, end: number, options?: FileStreamOptions): ReadableStream<Uint8Array>;
+  /** Closes the file without streaming. */
+  close(): Promise<void>;
+}
+
+/** Options for {@link OpenFile.stream}. */
+export interface FileStreamOptions {
+  /** Bytes per read; each read is a fresh buffer handed to the consumer. @default 1 MiB */
+  readSize?: number;
+  /** Aborting errors the stream and closes the file. */
+  signal?: AbortSignal;
+}
+
+/** Default bytes per read. */
+export const DEFAULT_READ_SIZE = 1 << 20;
+
+/**
+ * Opens a regular file for reading.
+ *
+ * @returns undefined when nothing readable is there (missing, a directory, not a file).
+ * @throws the filesystem error for anything else (permission, I/O).
+ */
+export async function openFile(path: string): Promise<OpenFile | undefined> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, "r");
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === "ENOENT" || code === "ENOTDIR" || code === "EISDIR" || code === "ELOOP") {
+      return undefined;
+    }
+    throw e;
+  }
+  let st;
+  try {
+    st = await fh.stat();
+  } catch (e) {
+    await fh.close().catch(() => {});
+    throw e;
+  }
+  if (!st.isFile()) {
+    await fh.close().catch(() => {});
+    return undefined;
+  }
+  let closed = false;
+  const close = async () => {
+    if (closed) return;
+    closed = true;
+    await fh.close().catch(() => {});
+  };
+  return {
+    size: st.size,
+    mtimeMs: st.mtimeMs,
+    close,
+    stream(start, end, options = {}) {
+      const readSize = options.readSize ?? DEFAULT_READ_SIZE;
+      if (!Number.isSafeInteger(readSize) || readSize < 1) {
+        throw new RangeError(`readSize must be a positive integer, got ${readSize}`);
+      }
+      if (!(Number.isSafeInteger(start) && Number.isSafeInteger(end) && 0 <= start && start <= end)) {
+        throw new RangeError(`Invalid byte range [${start}, ${end})`);
+      }
+      const signal = options.signal;
+      let pos = start;
+      let onAbort: (() => void) | undefined;
+      const done = () => {
+        if (onAbort) signal?.removeEventListener("abort", onAbort);
+        return close();
+      };
+      return new ReadableStream<Uint8Array>({
+        start(controller) {
+          if (!signal) return;
+          onAbort = () => {
+            controller.error(signal.reason ?? new Error("aborted"));
+            void done();
+          };
+          if (signal.aborted) onAbort();
+          else signal.addEventListener("abort", onAbort, { once: true });
+        },
+        async pull(controller) {
+          if (pos >= end) {
+            await done();
+            controller.close();
+            return;
+          }
+          try {
+            const buf = new Uint8Array(Math.min(readSize, end - pos));
+            const { bytesRead } = await fh.read(buf, 0, buf.byteLength, pos);
+            if (closed) return; // cancelled or aborted while reading
+            if (bytesRead === 0) {
+              throw new Error(`${path} shrank to ${pos} bytes while being sent`);
+            }
+            pos += bytesRead;
+            controller.enqueue(bytesRead === buf.byteLength ? buf : buf.subarray(0, bytesRead));
+            if (pos >= end) {
+              await done();
+              controller.close();
+            }
+          } catch (err) {
+            await done();
+            controller.error(err); // a no-op when already errored by an abort
+          }
+        },
+        async cancel() {
+          await done();
+        },
+      }, { highWaterMark: 1 });
+    },
+  };
+}
