@@ -26,9 +26,10 @@ command -v deno >/dev/null 2>&1 || npm i -g deno@2.9 >&2 || { echo "0 passed, 1 
 command -v bun >/dev/null 2>&1 || npm i -g bun@1 >&2 || { echo "0 passed, 1 failed"; exit 1; }
 
 log=$(mktemp)
+export NO_COLOR=1 DENO_NO_UPDATE_CHECK=1
 deno test -A --parallel "$@" tests/ 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
-summary=$(grep -E '^(ok|FAILED) \| [0-9]+ passed' "$log" | tail -n 1)
+summary=$(sed -E 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '^(ok|FAILED) \| [0-9]+ passed' | tail -n 1)
 rm -f "$log"
 if [ -z "$summary" ]; then
   echo "0 passed, 1 failed"
