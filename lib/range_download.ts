@@ -32,6 +32,7 @@ import { Sha256 } from "./digest.ts";
 import { createFileHasher, type FileHasher } from "./hasher.ts";
 import { createSized, type OffsetWriter, openWriter, syncDir, syncPath } from "./fsio.ts";
 import type { Semaphore } from "./pool.ts";
+import { waitForLock } from "./lock.ts";
 import { backoffDelay, isTransientError, type RetryPolicy, sleep } from "./retry.ts";
 import type { Fetch } from "./transport.ts";
 import { errorFromResponse } from "./registry_client.ts";
@@ -225,19 +226,58 @@ async function discardPartial(job: BlobJob): Promise<void> {
 }
 
 async function downloadLarge(job: BlobJob, ctx: BlobContext): Promise<number> {
-  let transferred = 0;
-  for (let round = 0;; round++) {
-    try {
-      transferred += await downloadLargeOnce(job, ctx, (n) => transferred += n);
-      return transferred;
-    } catch (err) {
-      // Digest mismatch of the assembled file: start over once, from scratch.
-      if (err instanceof IntegrityError && !(err instanceof RangeLie) && round === 0) {
-        await discardPartial(job);
-        continue;
+  // Another haul process pulling the same blob into this store: wait for it
+  // (showing its progress) instead of writing the same partial file twice.
+  let shown = 0;
+  const lockPath = `${job.partialPath}.lock`;
+  const lock = await waitForLock(
+    lockPath,
+    () => stat(job.path).then((s) => s.size === job.size, () => false),
+    {
+      signal: ctx.signal,
+      tick: async () => {
+        const st = await loadState(job);
+        const done = st ? st.parts.reduce((a, p) => a + p.done, 0) : shown;
+        if (done !== shown) ctx.onBytes(done - shown);
+        shown = done;
+      },
+    },
+  ).catch((e) => {
+    if (e instanceof HaulError) throw e;
+    throw storeError("lock", lockPath, e);
+  });
+  if (lock === "done") {
+    if (shown !== job.size) ctx.onBytes(job.size - shown);
+    return 0;
+  }
+  if (shown) ctx.onBytes(-shown);
+  try {
+    let transferred = 0;
+    let credited = 0;
+    const inner: BlobContext = {
+      ...ctx,
+      onBytes: (n) => {
+        credited += n;
+        ctx.onBytes(n);
+      },
+    };
+    for (let round = 0;; round++) {
+      try {
+        await downloadLargeOnce(job, inner, (n) => transferred += n);
+        return transferred;
+      } catch (err) {
+        // Digest mismatch of the assembled file: start over once, from scratch.
+        if (err instanceof IntegrityError && !(err instanceof RangeLie) && round === 0) {
+          await discardPartial(job);
+          ctx.onBytes(-credited);
+          credited = 0;
+          continue;
+        }
+        throw err;
       }
-      throw err;
     }
+  } finally {
+    await lock.release();
   }
 }
 
