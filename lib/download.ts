@@ -40,6 +40,8 @@ export interface TransferTuning {
   maxStalls?: number;
   /** Hash in a Worker when the runtime has one. @default true */
   hashWorker?: boolean;
+  /** Background fsync interval in bytes for large blobs (0: only before the rename). @default 256 MiB */
+  syncEvery?: number;
 }
 
 export const DEFAULT_TUNING = {
@@ -50,6 +52,7 @@ export const DEFAULT_TUNING = {
   stallTimeout: 30,
   maxStalls: 10,
   hashWorker: true,
+  syncEvery: 256 << 20,
 } as const;
 
 export interface DownloadOptions extends ConnectionOptions, TransferTuning {
@@ -100,6 +103,7 @@ function tuningFrom(o: TransferTuning & ConnectionOptions): RangeTuning & { conc
     stallTimeoutMs: t.stallTimeout * 1000,
     maxStalls: t.maxStalls,
     hashWorker: t.hashWorker,
+    syncEvery: Math.max(0, Math.floor(t.syncEvery)),
     retry: { ...DEFAULT_RETRY, ...o.retry },
   };
 }

@@ -52,6 +52,8 @@ export interface RangeTuning {
   retry: RetryPolicy;
   /** Hash in a Worker when available. @default true */
   hashWorker: boolean;
+  /** Background fsync after this many new bytes (0: only before the rename). @default 256 MiB */
+  syncEvery: number;
 }
 
 /** Speeds of finished transfers, for the "slow part" rule (x/transfer: median of last 30). */
@@ -334,6 +336,18 @@ async function downloadLargeOnce(
     await saving;
   };
   hasher.advance(watermark());
+  // Flush written data to disk as the download goes, in the background, so the
+  // fsync before the rename does not have to write the whole blob at the end.
+  let unsynced = 0;
+  let syncing: Promise<void> | undefined;
+  const backgroundSync = (n: number) => {
+    unsynced += n;
+    if (!tuning.syncEvery || unsynced < tuning.syncEvery || syncing) return;
+    unsynced = 0;
+    syncing = syncPath(job.partialPath).catch(() => {}).finally(() => {
+      syncing = undefined;
+    });
+  };
 
   let sequential = false; // set once a 200 answered a Range request
   let transferred = 0;
@@ -384,6 +398,7 @@ async function downloadLargeOnce(
             onFlushed: (n) => {
               part.done += n;
               hasher.advance(watermark());
+              backgroundSync(n);
               void persist();
             },
             onWholeBody: () => {
@@ -475,6 +490,7 @@ async function downloadLargeOnce(
         `Digest mismatch for ${job.digest}: the downloaded data hashes to ${result.digest}`,
       );
     }
+    await syncing;
     await finalize(job.partialPath, job.path);
     await rm(statePath(job), { force: true });
     return transferred;
