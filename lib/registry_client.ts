@@ -6,6 +6,7 @@ import { sha256Digest } from "./digest.ts";
 import {
   IntegrityError,
   ManifestError,
+  NetworkError,
   NotFoundError,
   type OciErrorDetail,
   RegistryError,
@@ -35,8 +36,11 @@ export async function errorFromResponse(
   return new RegistryError({ status: res.status, method, url, codes });
 }
 
-/** Reads a whole body, refusing more than `max` bytes. */
-export async function readBody(res: Response, max: number): Promise<Uint8Array> {
+/**
+ * Reads a whole body, refusing more than `max` bytes, and failing with a
+ * NetworkError when no data arrives for `idleMs` (@default 30000).
+ */
+export async function readBody(res: Response, max: number, idleMs = 30_000): Promise<Uint8Array> {
   const cl = res.headers.get("content-length");
   if (cl !== null && Number(cl) > max) {
     await res.body?.cancel().catch(() => {});
@@ -47,7 +51,16 @@ export async function readBody(res: Response, max: number): Promise<Uint8Array> 
   const chunks: Uint8Array[] = [];
   let n = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const idle = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        reader.cancel().catch(() => {});
+        reject(new NetworkError(`The server stopped sending data for ${idleMs / 1000} s`));
+      }, idleMs);
+    });
+    const { done, value } = await Promise.race([reader.read(), idle]).finally(() =>
+      clearTimeout(timer)
+    );
     if (done) break;
     n += value.byteLength;
     if (n > max) {

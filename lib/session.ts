@@ -10,6 +10,7 @@ import {
   baseFetch,
   type Fetch,
   type RetryOptions,
+  withHeaderTimeout,
   withRedirects,
   withRetry,
   withUserAgent,
@@ -35,6 +36,8 @@ export interface ConnectionOptions {
   fetch?: Fetch;
   /** Called before each retry. */
   onRetry?: RetryOptions["onRetry"];
+  /** Seconds to wait for response headers (each attempt). @default 30 */
+  requestTimeout?: number;
 }
 
 export interface Session {
@@ -51,7 +54,8 @@ export function createSession(
 ): Session {
   const host = new URL(baseUrl).host;
   const bottom = options.fetch ?? baseFetch({ caCerts: options.caCerts });
-  const retried = withRetry(bottom, { ...options.retry, onRetry: options.onRetry });
+  const timed = withHeaderTimeout(bottom, (options.requestTimeout ?? 30) * 1000);
+  const retried = withRetry(timed, { ...options.retry, onRetry: options.onRetry });
   const userAgent = options.userAgent ?? `haul/${VERSION}`;
   const tokenFetch = withUserAgent(withRedirects(retried), userAgent);
   const auth = new Authenticator({

@@ -40,6 +40,34 @@ export function baseFetch(options: BaseFetchOptions = {}): Fetch {
   return (req) => fetch(req, { redirect: "manual", ...extra });
 }
 
+/**
+ * Fails a bodiless request whose response headers do not arrive within `ms`
+ * (a stalled server must not hang haul). Each retry gets a fresh timer because
+ * this layer sits below {@link withRetry}. Streaming bodies have their own stall
+ * guards (range downloads, {@link readBody}).
+ */
+export function withHeaderTimeout(next: Fetch, ms: number): Fetch {
+  return async (req) => {
+    if (req.body !== null || !(ms > 0)) return next(req);
+    const ac = new AbortController();
+    const timedOut = new TypeError(
+      `no response from ${new URL(req.url).host} within ${ms / 1000} s`,
+    );
+    const timer = setTimeout(() => ac.abort(timedOut), ms);
+    // Kept for the body's lifetime: an abort of the caller still reaches the body.
+    req.signal.addEventListener("abort", () => ac.abort(req.signal.reason), { once: true });
+    if (req.signal.aborted) ac.abort(req.signal.reason);
+    try {
+      return await next(new Request(req, { signal: ac.signal }));
+    } catch (err) {
+      if (ac.signal.reason === timedOut) throw timedOut;
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+}
+
 /** Sets `User-Agent` when the request has none. */
 export function withUserAgent(next: Fetch, userAgent: string): Fetch {
   return (req) => {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Authenticator, withAuth } from "../lib/auth.ts";
-import { type Fetch, finalUrl, withRedirects } from "../lib/transport.ts";
+import { type Fetch, finalUrl, withHeaderTimeout, withRedirects } from "../lib/transport.ts";
 import { NetworkError } from "../lib/errors.ts";
 
 interface Seen {
@@ -108,4 +108,14 @@ Deno.test("withAuth() sends credentials to a token realm on another host only ov
     const tokenReq = seen.find((s) => s.url.startsWith(realm))!;
     assert.equal(tokenReq.auth !== null, expectCred, realm);
   }
+});
+
+Deno.test("withHeaderTimeout() fails a request whose headers never come, so retries can take over", async () => {
+  const hang: Fetch = (req) =>
+    new Promise((_, reject) => req.signal.addEventListener("abort", () => reject(req.signal.reason)));
+  const t0 = Date.now();
+  await assert.rejects(withHeaderTimeout(hang, 50)(new Request("http://127.0.0.1:1/v2/")), /no response .* within 0.05 s/);
+  assert.ok(Date.now() - t0 < 2000);
+  const ok: Fetch = () => Promise.resolve(new Response("fine"));
+  assert.equal(await (await withHeaderTimeout(ok, 50)(new Request("http://127.0.0.1:1/v2/"))).text(), "fine");
 });
