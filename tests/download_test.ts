@@ -76,7 +76,7 @@ Deno.test("pull() stops promptly on abort with InterruptedError, keeping resumab
   try {
     await pushFixture(reg, "library/abort", "latest", fx);
     const ac = new AbortController();
-    setTimeout(() => ac.abort(), 1000);
+    setTimeout(() => ac.abort(), 2500);
     const t0 = Date.now();
     await assert.rejects(
       pull(`${proxy.host}/library/abort`, { insecure: true, modelsDir: models, signal: ac.signal, partSize: 8 * MiB }),
