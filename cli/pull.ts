@@ -15,8 +15,8 @@ interrupted pull resumes where it stopped.
 Options:
   --models DIR          store root (default $OLLAMA_MODELS or ~/.ollama/models)
   --insecure            allow plain http (and an http:// REF)
-  --concurrency N       simultaneous transfers, blobs and parts (default 16)
-  --part-size SIZE      Range part size, e.g. 64M (default 64M)
+  --concurrency N       simultaneous transfers, blobs and parts (default 24)
+  --part-size SIZE      Range part size, e.g. 32M (default 16M)
   --stall-timeout SECS  re-fetch a part after this long without data (default 30)
   --retries N           retries per request or part after a failure (default 6)
   --platform OS/ARCH    platform to pick from an image index (default this machine)

@@ -26,13 +26,13 @@ export interface Blob {
 
 /** Tuning shared by pull and download; every field has a measured default. */
 export interface TransferTuning {
-  /** Simultaneous HTTP transfers (blobs and parts together). @default 16 */
+  /** Simultaneous HTTP transfers (blobs and parts together). @default 24 */
   concurrency?: number;
-  /** Range part size in bytes. @default 64 MiB */
+  /** Range part size in bytes. @default 16 MiB */
   partSize?: number;
   /** Blobs up to this size are fetched as one stream. @default 16 MiB */
   singleStreamMax?: number;
-  /** Write batch size per stream in bytes. @default 4 MiB */
+  /** Write batch size per stream in bytes. @default 1 MiB */
   bufferSize?: number;
   /** Seconds without a byte before a part is re-fetched. @default 30 */
   stallTimeout?: number;
@@ -45,10 +45,10 @@ export interface TransferTuning {
 }
 
 export const DEFAULT_TUNING = {
-  concurrency: 16,
-  partSize: 64 << 20,
+  concurrency: 24,
+  partSize: 16 << 20,
   singleStreamMax: 16 << 20,
-  bufferSize: 4 << 20,
+  bufferSize: 1 << 20,
   stallTimeout: 30,
   maxStalls: 10,
   hashWorker: true,

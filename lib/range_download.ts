@@ -38,11 +38,11 @@ import type { Fetch } from "./transport.ts";
 import { errorFromResponse } from "./registry_client.ts";
 
 export interface RangeTuning {
-  /** Bytes per Range part. @default 64 MiB */
+  /** Bytes per Range part. @default 16 MiB */
   partSize: number;
   /** Blobs up to this size are fetched as one stream. @default 16 MiB */
   singleStreamMax: number;
-  /** Bytes buffered per stream before a write. @default 4 MiB */
+  /** Bytes buffered per stream before a write. @default 1 MiB */
   bufferSize: number;
   /** No byte for this long → the request is re-sent. @default 30000 ms */
   stallTimeoutMs: number;
