@@ -18,6 +18,7 @@ Options:
   --concurrency N       simultaneous transfers, blobs and parts (default 24)
   --part-size SIZE      Range part size, e.g. 32M (default 16M)
   --stall-timeout SECS  re-fetch a part after this long without data (default 30)
+  --limit-rate RATE     cap the whole transfer, bytes per second: 500K, 10M (like curl)
   --retries N           retries per request or part after a failure (default 6)
   --platform OS/ARCH    platform to pick from an image index (default this machine)
   --json                print Ollama's /api/pull NDJSON progress on stdout
@@ -40,6 +41,7 @@ export const pullCommand: Command = async (args, signal) => {
       "part-size": { type: "string" },
       "stall-timeout": { type: "string" },
       retries: { type: "string" },
+      "limit-rate": { type: "string" },
       platform: { type: "string" },
       json: { type: "boolean" },
       quiet: { type: "boolean", short: "q" },
@@ -62,6 +64,9 @@ export const pullCommand: Command = async (args, signal) => {
         : parseSize(values["part-size"], "--part-size"),
       stallTimeout: parseNumber(values["stall-timeout"], "--stall-timeout", 0.05),
       platform: parsePlatform(values.platform),
+      limitRate: values["limit-rate"] === undefined
+        ? undefined
+        : parseSize(values["limit-rate"], "--limit-rate"),
       retry: values.retries === undefined
         ? undefined
         : { maxRetries: parseNumber(values.retries, "--retries", 0) },

@@ -9,6 +9,7 @@ import { checkDigest, digestToFileName } from "./digest.ts";
 import { HaulError, InterruptedError, storeError } from "./errors.ts";
 import { MAX_BLOB_SIZE } from "./manifest.ts";
 import { Semaphore } from "./pool.ts";
+import { RateLimiter } from "./rate_limit.ts";
 import type { OnProgress } from "./progress_events.ts";
 import { downloadBlob, type RangeTuning, SpeedTracker } from "./range_download.ts";
 import { DEFAULT_RETRY } from "./retry.ts";
@@ -42,6 +43,8 @@ export interface TransferTuning {
   hashWorker?: boolean;
   /** Background fsync interval in bytes for large blobs (0: only before the rename). @default 256 MiB */
   syncEvery?: number;
+  /** Cap on bytes per second across every stream (like curl's --limit-rate). @default unlimited */
+  limitRate?: number;
 }
 
 export const DEFAULT_TUNING = {
@@ -70,6 +73,8 @@ export interface DownloadOptions extends ConnectionOptions, TransferTuning {
   signal?: AbortSignal;
   /** Reuse an existing session (internal: pull shares one per registry). */
   session?: Session;
+  /** Internal: a connection pool and rate limit shared with other downloads of one pull. */
+  shared?: { slots: Semaphore; limiter?: RateLimiter };
 }
 
 export interface DownloadResult {
@@ -128,7 +133,12 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
   let completed = 0;
   const result: DownloadResult = { transferred: 0, skipped: 0, fetched: 0 };
   const report = () => options.onProgress?.(completed, total);
-  const slots = new Semaphore(tuning.concurrency);
+  const slots = options.shared?.slots ?? new Semaphore(tuning.concurrency);
+  const limiter = options.shared
+    ? options.shared.limiter
+    : options.limitRate
+    ? new RateLimiter(options.limitRate)
+    : undefined;
   const speeds = new SpeedTracker();
   const abort = new AbortController();
   const onOuter = () => abort.abort(new InterruptedError());
@@ -160,6 +170,7 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
       { digest: b.digest, size: b.size, url, path, partialPath: path + "-partial" },
       {
         fetch: session.fetch,
+        limiter,
         tuning,
         slots,
         speeds,

@@ -2,7 +2,9 @@
  * Manifest-level pull into Ollama's store: resolve each reference, fetch every
  * blob (shared between references, once), then write each manifest last.
  */
-import { download, type TransferTuning } from "./download.ts";
+import { DEFAULT_TUNING, download, type TransferTuning } from "./download.ts";
+import { Semaphore } from "./pool.ts";
+import { RateLimiter } from "./rate_limit.ts";
 import { ManifestError, UsageError } from "./errors.ts";
 import {
   type Descriptor,
@@ -152,8 +154,14 @@ export async function pull(
     groups.set(key, g);
   }
   let transferred = 0;
+  // One connection pool and one rate limit for every reference of this pull.
+  const shared = {
+    slots: new Semaphore(options.concurrency ?? DEFAULT_TUNING.concurrency),
+    limiter: options.limitRate ? new RateLimiter(options.limitRate) : undefined,
+  };
   await Promise.all([...groups.values()].map(async ({ r, blobs }) => {
     const res = await download({
+      shared,
       ...options,
       blobs,
       baseUrl: `${r.ref.scheme}://${r.ref.host}`,

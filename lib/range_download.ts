@@ -33,6 +33,7 @@ import { createFileHasher, type FileHasher } from "./hasher.ts";
 import { createSized, type OffsetWriter, openWriter, syncDir, syncPath } from "./fsio.ts";
 import type { Semaphore } from "./pool.ts";
 import { waitForLock } from "./lock.ts";
+import type { RateLimiter } from "./rate_limit.ts";
 import { backoffDelay, isTransientError, type RetryPolicy, sleep } from "./retry.ts";
 import type { Fetch } from "./transport.ts";
 import { errorFromResponse } from "./registry_client.ts";
@@ -84,6 +85,8 @@ export interface BlobJob {
 
 export interface BlobContext {
   fetch: Fetch;
+  /** Shared cap on the bytes per second of the whole transfer. */
+  limiter?: RateLimiter;
   tuning: RangeTuning;
   slots: Semaphore;
   speeds: SpeedTracker;
@@ -678,7 +681,9 @@ async function runAttempt(
             continue;
           }
           if (inPlace) buf.copyWithin(filled, filled + skip, filled + chunk.byteLength);
-          chunk = inPlace ? buf.subarray(filled, filled + chunk.byteLength - skip) : chunk.subarray(skip);
+          chunk = inPlace
+            ? buf.subarray(filled, filled + chunk.byteLength - skip)
+            : chunk.subarray(skip);
           skip = 0;
         }
         if (written + filled + chunk.byteLength > limit) {
@@ -688,6 +693,10 @@ async function runAttempt(
         }
         received += chunk.byteLength;
         onBytes(chunk.byteLength);
+        if (ctx.limiter) {
+          await ctx.limiter.take(chunk.byteLength, ac.signal);
+          lastByte = Date.now(); // time spent throttled is not a stall
+        }
         if (inPlace) {
           filled += chunk.byteLength;
           // Full, or a slow stream holding data for over a second: write it, so an
