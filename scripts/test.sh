@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: the real peers the tests run against.
 declare -A pkg_for=([docker-registry]=docker-registry [htpasswd]=apache2-utils [openssl]=openssl
-  [skopeo]=skopeo [curl]=curl [nginx]=nginx-light [aria2c]=aria2)
+  [skopeo]=skopeo [curl]=curl [nginx]=nginx-light [aria2c]=aria2 [tinyproxy]=tinyproxy)
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${pkg_for[$cmd]}")
@@ -18,8 +18,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 \
     || { echo "0 passed, 1 failed"; echo "apt-get install failed" >&2; exit 1; }
   # Debian starts packaged services; the tests start their own.
-  $SUDO systemctl stop docker-registry nginx 2>/dev/null || true
-  pkill -x docker-registry 2>/dev/null || true
+  $SUDO systemctl stop docker-registry nginx tinyproxy 2>/dev/null || true
+  pkill -x docker-registry 2>/dev/null || true; pkill -x tinyproxy 2>/dev/null || true
 fi
 # Runtimes from the npm registry, pinned.
 command -v deno >/dev/null 2>&1 || npm i -g deno@2.9 >&2 || { echo "0 passed, 1 failed"; exit 1; }
