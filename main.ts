@@ -7,10 +7,23 @@ import process from "node:process";
 import { COMMIT, ExitCode, HaulError, UsageError, VERSION } from "./lib/mod.ts";
 import type { Command } from "./cli/common.ts";
 import { pullCommand } from "./cli/pull.ts";
+import { listCommand, pruneCommand, rmCommand, verifyCommand } from "./cli/store.ts";
+import { loginCommand, logoutCommand } from "./cli/login.ts";
+import { completionCommand } from "./cli/completion.ts";
+import { serveCommand } from "./cli/serve.ts";
 
 /** Subcommands; each module parses its own flags. */
 const COMMANDS: Record<string, Command> = {
   pull: pullCommand,
+  list: listCommand,
+  ls: listCommand,
+  rm: rmCommand,
+  prune: pruneCommand,
+  verify: verifyCommand,
+  login: loginCommand,
+  logout: logoutCommand,
+  completion: completionCommand,
+  serve: serveCommand,
 };
 
 const HELP = `haul ${VERSION}: fast, verified transfers of models and images between
@@ -18,6 +31,14 @@ OCI / Ollama registries and disk.
 
 Usage:
   haul pull [options] REF...     fetch models into Ollama's store
+  haul list [--json]             list the models in the store
+  haul rm REF...                 remove models and the blobs no other model uses
+  haul prune [--dry-run]         remove unused blobs and stale partial downloads
+  haul verify [--fix] [REF...]   re-hash blobs, report damaged or missing ones
+  haul login [-u USER] REGISTRY  save credentials for a registry (Docker's config.json)
+  haul logout REGISTRY           remove saved credentials for a registry
+  haul completion SHELL          print a bash, zsh or fish completion script
+  haul serve [options]           share a model store as a read-only registry
   haul --version | --help
 
 REF follows Ollama: "llama3.2" is registry.ollama.ai/library/llama3.2:latest;

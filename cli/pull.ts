@@ -1,4 +1,6 @@
 /** haul pull */
+import { readFile } from "node:fs/promises";
+import * as tls from "node:tls";
 import { parseArgs } from "node:util";
 import { pull } from "../lib/mod.ts";
 import type { ProgressEvent } from "../lib/progress_events.ts";
@@ -15,6 +17,7 @@ interrupted pull resumes where it stopped.
 Options:
   --models DIR          store root (default $OLLAMA_MODELS or ~/.ollama/models)
   --insecure            allow plain http (and an http:// REF)
+  --ca-file FILE        also trust the CA certificates in FILE (PEM)
   --concurrency N       simultaneous transfers, blobs and parts (default 24)
   --part-size SIZE      Range part size, e.g. 32M (default 16M)
   --stall-timeout SECS  re-fetch a part after this long without data (default 30)
@@ -37,6 +40,7 @@ export const pullCommand: Command = async (args, signal) => {
     options: {
       models: { type: "string" },
       insecure: { type: "boolean" },
+      "ca-file": { type: "string" },
       concurrency: { type: "string" },
       "part-size": { type: "string" },
       "stall-timeout": { type: "string" },
@@ -53,11 +57,13 @@ export const pullCommand: Command = async (args, signal) => {
     return;
   }
   if (!positionals.length) throw new UsageError("pull: missing REF (see haul pull --help)");
+  const caCerts = await readCaFile(values["ca-file"]);
   const progress = startProgress(values);
   try {
     await pull(positionals, {
       modelsDir: values.models,
       insecure: values.insecure,
+      caCerts,
       concurrency: parseNumber(values.concurrency, "--concurrency", 1),
       partSize: values["part-size"] === undefined
         ? undefined
@@ -77,3 +83,24 @@ export const pullCommand: Command = async (args, signal) => {
     progress.stop();
   }
 };
+
+/**
+ * The certificates to trust for `--ca-file`: the file's, on top of the runtime's own.
+ * Deno adds `caCerts` to its roots; Bun's fetch `tls.ca` replaces them, so under Bun the
+ * defaults (bundled, system with --use-system-ca, NODE_EXTRA_CA_CERTS) are passed along.
+ */
+export async function readCaFile(file: string | undefined): Promise<string[] | undefined> {
+  if (file === undefined) return undefined;
+  let pem: string;
+  try {
+    pem = await readFile(file, "utf8");
+  } catch (err) {
+    throw new UsageError(`--ca-file: cannot read ${file}: ${(err as Error).message}`);
+  }
+  if (!pem.includes("-----BEGIN CERTIFICATE-----")) {
+    throw new UsageError(`--ca-file: no PEM certificate in ${file}`);
+  }
+  if (!("Bun" in globalThis)) return [pem];
+  const nodeTls = tls as typeof tls & { getCACertificates?: (type: string) => string[] };
+  return [...(nodeTls.getCACertificates?.("default") ?? tls.rootCertificates), pem];
+}

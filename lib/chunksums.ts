@@ -136,7 +136,9 @@ export async function computeChunksums(
         const want = Math.min(buf.byteLength, end + 1 - pos);
         const { bytesRead } = await fh.read(buf, 0, want, pos);
         if (bytesRead === 0) {
-          throw new IntegrityError(`${path} ended at ${pos} while hashing (expected ${size} bytes)`);
+          throw new IntegrityError(
+            `${path} ended at ${pos} while hashing (expected ${size} bytes)`,
+          );
         }
         hash.update(buf.subarray(0, bytesRead));
         pos += bytesRead;
@@ -228,13 +230,17 @@ export async function fetchChunksums(
     }
     blobUrl = to.href;
   }
-  const text = await readText(res, maxBytes, digest);
+  const text = await readText(res, maxBytes, digest, options.signal);
   return { url: blobUrl, chunks: parseChunksums(text, blob.size) };
 }
 
-async function readText(res: Response, max: number, digest: string): Promise<string> {
-  const tooBig = () =>
-    new IntegrityError(`Chunksums for ${digest} are over the ${max}-byte limit`);
+async function readText(
+  res: Response,
+  max: number,
+  digest: string,
+  signal?: AbortSignal,
+): Promise<string> {
+  const tooBig = () => new IntegrityError(`Chunksums for ${digest} are over the ${max}-byte limit`);
   const cl = res.headers.get("content-length");
   if (cl !== null && Number(cl) > max) {
     await res.body?.cancel().catch(() => {});
@@ -257,6 +263,7 @@ async function readText(res: Response, max: number, digest: string): Promise<str
     }
   } catch (err) {
     if (err instanceof HaulError) throw err;
+    if (signal?.aborted) throw new InterruptedError();
     throw new NetworkError(`Reading chunksums for ${digest} failed: ${(err as Error).message}`, {
       cause: err,
     });

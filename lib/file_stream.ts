@@ -1,9 +1,14 @@
 /**
  * Byte ranges of a file as a `ReadableStream`, read on demand with bounded
- * memory: the stream pulls one `readSize` buffer at a time, and the HTTP server
- * pulls only as fast as the client drains its socket, so a slow client costs at
- * most ~2 buffers. `node:fs/promises` reads at ~6 GB/s here in 1 MiB reads on
- * both Deno and Bun, so no runtime-specific code is needed.
+ * memory: the stream pulls one `readSize` buffer at a time (one read ahead), and
+ * the HTTP server pulls only as fast as the client drains its socket, so a slow
+ * client costs ~2 buffers. `node:fs/promises` is fast enough on Deno and Bun
+ * (1.7 GB/s to one curl client here), so no runtime-specific code is needed.
+ *
+ * Read size: each read is a fresh buffer (the consumer keeps it until sent), and
+ * V8 frees them only at its next GC. Measured with 50 clients of a 500 MB blob on
+ * Deno: 1 MiB reads peak at ~330 MiB RSS, 256 KiB at ~230 MiB with the same
+ * aggregate throughput; so 256 KiB.
  */
 import { type FileHandle, open } from "node:fs/promises";
 
@@ -24,14 +29,14 @@ export interface OpenFile {
 
 /** Options for {@link OpenFile.stream}. */
 export interface FileStreamOptions {
-  /** Bytes per read; each read is a fresh buffer handed to the consumer. @default 1 MiB */
+  /** Bytes per read; each read is a fresh buffer handed to the consumer. @default 256 KiB */
   readSize?: number;
   /** Aborting errors the stream and closes the file. */
   signal?: AbortSignal;
 }
 
 /** Default bytes per read. */
-export const DEFAULT_READ_SIZE = 1 << 20;
+export const DEFAULT_READ_SIZE = 256 << 10;
 
 /**
  * Opens a regular file for reading.
@@ -76,7 +81,9 @@ export async function openFile(path: string): Promise<OpenFile | undefined> {
       if (!Number.isSafeInteger(readSize) || readSize < 1) {
         throw new RangeError(`readSize must be a positive integer, got ${readSize}`);
       }
-      if (!(Number.isSafeInteger(start) && Number.isSafeInteger(end) && 0 <= start && start <= end)) {
+      if (
+        !(Number.isSafeInteger(start) && Number.isSafeInteger(end) && 0 <= start && start <= end)
+      ) {
         throw new RangeError(`Invalid byte range [${start}, ${end})`);
       }
       const signal = options.signal;

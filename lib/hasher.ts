@@ -22,41 +22,81 @@ export interface FileHasher {
 
 type Reply = { id: number; digest?: string; bytes?: number; error?: string };
 
+/** A file being hashed by the worker; moves to `inline` if the worker dies. */
+interface WorkerJob {
+  path: string;
+  sent: number;
+  inline?: FileHasher;
+  finishing?: {
+    size: number;
+    resolve: (r: { digest: string; bytes: number }) => void;
+    reject: (e: Error) => void;
+  };
+}
+
 let worker: Worker | undefined;
-let workerRefs = 0;
+// A worker that failed to start or crashed is not tried again in this process.
+let workerBroken = false;
 let nextId = 1;
-const pending = new Map<number, { resolve: (r: Reply) => void }>();
+/** Jobs the current worker holds. The worker is terminated when none are left. */
+const jobs = new Map<number, WorkerJob>();
 
 function getWorker(): Worker | undefined {
-  if (typeof Worker !== "function") return undefined;
+  if (typeof Worker !== "function" || workerBroken) return undefined;
   if (!worker) {
     try {
+      // A string path, resolved against this module: `bun build --compile` embeds
+      // lib/hash_worker.ts when it is an entrypoint (see scripts/compile.sh).
       worker = new Worker(new URL("./hash_worker.ts", import.meta.url).href, { type: "module" });
     } catch {
+      workerBroken = true;
       return undefined;
     }
     worker.onmessage = (e: MessageEvent<Reply>) => {
-      const p = pending.get(e.data.id);
-      pending.delete(e.data.id);
-      p?.resolve(e.data);
+      const job = jobs.get(e.data.id);
+      if (!job?.finishing) return;
+      jobs.delete(e.data.id);
+      const { resolve, reject } = job.finishing;
+      const r = e.data;
+      if (r.error || r.digest === undefined) reject(new Error(r.error ?? "no digest"));
+      else resolve({ digest: r.digest, bytes: r.bytes ?? 0 });
+      releaseWorker();
     };
+    // Loading can fail after `new Worker` returned (a compiled binary without the
+    // worker file, a blocked import): finish every job on this thread instead.
     worker.onerror = (e: ErrorEvent) => {
       e.preventDefault?.();
-      for (const [id, p] of pending) p.resolve({ id, error: e.message || "hash worker failed" });
-      pending.clear();
+      workerBroken = true;
       worker?.terminate();
       worker = undefined;
+      const moved = [...jobs.values()];
+      jobs.clear();
+      for (const job of moved) toInline(job);
     };
   }
-  workerRefs++;
   return worker;
 }
 
+function toInline(job: WorkerJob): void {
+  try {
+    job.inline = inlineHasher(job.path);
+    job.inline.advance(job.sent);
+  } catch (err) {
+    job.inline?.close();
+    job.inline = failedHasher(err as Error);
+  }
+  const f = job.finishing;
+  if (f) job.inline.finish(f.size).then(f.resolve, f.reject);
+}
+
+function failedHasher(err: Error): FileHasher {
+  return { advance() {}, finish: () => Promise.reject(err), close() {} };
+}
+
 function releaseWorker(): void {
-  if (--workerRefs <= 0 && worker) {
+  if (jobs.size === 0 && worker) {
     worker.terminate();
     worker = undefined;
-    workerRefs = 0;
   }
 }
 
@@ -74,32 +114,31 @@ export function createFileHasher(path: string, options: FileHasherOptions = {}):
 
 function workerHasher(w: Worker, path: string): FileHasher {
   const id = nextId++;
+  const job: WorkerJob = { path, sent: 0 };
+  jobs.set(id, job);
   let closed = false;
-  let sent = 0;
   w.postMessage({ op: "open", id, path });
   return {
     advance(to) {
-      if (closed || to <= sent) return;
-      sent = to;
-      w.postMessage({ op: "advance", id, to });
+      if (closed || to <= job.sent) return;
+      job.sent = to;
+      if (job.inline) job.inline.advance(to);
+      else w.postMessage({ op: "advance", id, to });
     },
     finish(size) {
       if (closed) return Promise.reject(new Error("hasher closed"));
       closed = true;
+      if (job.inline) return job.inline.finish(size);
       return new Promise((resolve, reject) => {
-        pending.set(id, {
-          resolve: (r) => {
-            releaseWorker();
-            if (r.error || r.digest === undefined) reject(new Error(r.error ?? "no digest"));
-            else resolve({ digest: r.digest, bytes: r.bytes ?? 0 });
-          },
-        });
+        job.finishing = { size, resolve, reject };
         w.postMessage({ op: "finish", id, size });
       });
     },
     close() {
       if (closed) return;
       closed = true;
+      if (job.inline) return job.inline.close();
+      jobs.delete(id);
       w.postMessage({ op: "close", id });
       releaseWorker();
     },

@@ -27,4 +27,38 @@ export type { ProgressEvent } from "./progress_events.ts";
 export type { ConnectionOptions } from "./session.ts";
 export type { Fetch } from "./transport.ts";
 export * from "./errors.ts";
+export { createRegistryHandler, parseRange } from "./registry_server.ts";
+export type { RegistryHandlerOptions, RequestLogEntry, ServeLogger } from "./registry_server.ts";
+export { DEFAULT_PORT, serve } from "./http_server.ts";
+export type { Handler, HttpServer, ServeOptions } from "./http_server.ts";
+export {
+  computeChunksums,
+  DEFAULT_CHUNK_SIZE,
+  fetchChunksums,
+  formatChunksums,
+  parseChunksums,
+} from "./chunksums.ts";
+export type { Chunksum, FetchChunksumsOptions, FetchedChunksums } from "./chunksums.ts";
+export {
+  DEFAULT_MIN_AGE,
+  formatAge,
+  hashFile,
+  listModels,
+  prune,
+  removeModels,
+  verify,
+} from "./store_ops.ts";
+export type {
+  BlobProblem,
+  ListOptions,
+  PruneOptions,
+  PruneResult,
+  RemoveOptions,
+  RemoveResult,
+  StoredModel,
+  VerifyOptions,
+  VerifyResult,
+} from "./store_ops.ts";
+export { checkLogin, login, logout, parseRegistry } from "./login.ts";
+export type { LoginOptions, LoginResult, LogoutResult } from "./login.ts";
 export { COMMIT, VERSION } from "./version.ts";

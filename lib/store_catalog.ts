@@ -28,6 +28,8 @@ const COMPONENT_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 const HOSTNAME_RE = /^[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?)*$/;
 const PORT_SUFFIX_RE = /^(.+)_([1-9][0-9]{0,4})$/;
+// store_ollama.ts writes a manifest as `<tag>.<pid>.tmp` before renaming it: not a tag yet.
+const TEMP_RE = /\.[0-9]+\.tmp$/;
 /** Longest repository name accepted (distribution's limit). */
 export const MAX_NAME_LENGTH = 255;
 
@@ -115,7 +117,7 @@ export function parseRepositoryName(
 
 /** A manifest read from the store. */
 export interface StoredManifest {
-  bytes: Uint8Array;
+  bytes: Uint8Array<ArrayBuffer>;
   digest: string;
   mediaType: string;
 }
@@ -216,7 +218,7 @@ export class StoreCatalog {
     }
     const tags: string[] = [];
     for (const e of entries) {
-      if (!TAG_RE.test(e.name)) continue; // also skips in-flight `.<pid>.tmp` files
+      if (!TAG_RE.test(e.name) || TEMP_RE.test(e.name)) continue;
       if (e.isFile() || (e.isSymbolicLink() && await isFile(join(dir, e.name)))) tags.push(e.name);
     }
     return tags;
@@ -237,12 +239,12 @@ export class StoreCatalog {
       }
       return undefined;
     }
-    if (!TAG_RE.test(reference)) return undefined;
+    if (!TAG_RE.test(reference) || TEMP_RE.test(reference)) return undefined;
     return await this.#readManifest(join(repo.dir, reference));
   }
 
   async #readManifest(path: string): Promise<StoredManifest | undefined> {
-    let bytes: Uint8Array;
+    let bytes: Uint8Array<ArrayBuffer>;
     try {
       const st = await stat(path);
       if (!st.isFile() || st.size > MAX_MANIFEST_BYTES) return undefined;
@@ -286,7 +288,10 @@ export class StoreCatalog {
         const isDir = e.isDirectory() || (e.isSymbolicLink() && await isDirectory(full));
         if (isDir) {
           if (COMPONENT_RE.test(e.name)) await walk(full, [...prefix, e.name], depth + 1);
-        } else if (!hasTag && TAG_RE.test(e.name) && (e.isFile() || await isFile(full))) {
+        } else if (
+          !hasTag && TAG_RE.test(e.name) && !TEMP_RE.test(e.name) &&
+          (e.isFile() || await isFile(full))
+        ) {
           hasTag = true;
         }
       }
@@ -296,7 +301,10 @@ export class StoreCatalog {
       }
     };
     for (const h of hosts) {
-      if (!h.isDirectory() && !(h.isSymbolicLink() && await isDirectory(join(this.manifestsDir, h.name)))) {
+      if (
+        !h.isDirectory() &&
+        !(h.isSymbolicLink() && await isDirectory(join(this.manifestsDir, h.name)))
+      ) {
         continue;
       }
       const host = h.name.toLowerCase();

@@ -1,0 +1,228 @@
+/**
+ * The one table of commands and their flags. Command modules build their `parseArgs`
+ * options and the "Options:" part of their help from it, `haul completion` builds the shell
+ * scripts from it, and tests check that every command's `--help` lists exactly these flags.
+ * A new command adds one entry here.
+ */
+import type { ParseArgsConfig } from "node:util";
+
+/** One flag of a command. */
+export interface FlagSpec {
+  /** Long name without dashes. */
+  name: string;
+  /** One-letter alias. */
+  short?: string;
+  /** Placeholder of the value ("DIR", "N"); absent for a boolean flag. */
+  arg?: string;
+  /** One line of help (the default goes in here). */
+  help: string;
+  /** What a shell should complete the value with. */
+  complete?: "dir" | "file" | readonly string[];
+}
+
+/**
+ * What a command's positional arguments are, for completion: `model` completes the names
+ * in the local store, `ref` (a remote reference) and `registry` complete nothing.
+ */
+export type ArgKind = "model" | "ref" | "registry" | "shell" | "none";
+
+/** One command. */
+export interface CommandSpec {
+  name: string;
+  /** Synopsis after "haul ": "pull [options] REF...". */
+  usage: string;
+  /** One line for `haul --help` and the completion menus. */
+  summary: string;
+  args: ArgKind;
+  flags: FlagSpec[];
+}
+
+const models: FlagSpec = {
+  name: "models",
+  arg: "DIR",
+  help: "store root (default $OLLAMA_MODELS or ~/.ollama/models)",
+  complete: "dir",
+};
+const json = (help: string): FlagSpec => ({ name: "json", help });
+const help: FlagSpec = { name: "help", short: "h", help: "this help" };
+
+/** Every command, in the order `haul --help` shows them. */
+export const COMMAND_SPECS: readonly CommandSpec[] = [
+  {
+    name: "pull",
+    usage: "pull [options] REF...",
+    summary: "fetch models into Ollama's store",
+    args: "ref",
+    flags: [
+      models,
+      { name: "insecure", help: "allow plain http (and an http:// REF)" },
+      {
+        name: "ca-file",
+        arg: "FILE",
+        help: "also trust the CA certificates in FILE (PEM)",
+        complete: "file",
+      },
+      {
+        name: "concurrency",
+        arg: "N",
+        help: "simultaneous transfers, blobs and parts (default 24)",
+      },
+      { name: "part-size", arg: "SIZE", help: "Range part size, e.g. 32M (default 16M)" },
+      {
+        name: "stall-timeout",
+        arg: "SECS",
+        help: "re-fetch a part after this long without data (default 30)",
+      },
+      {
+        name: "retries",
+        arg: "N",
+        help: "retries per request or part after a failure (default 6)",
+      },
+      {
+        name: "limit-rate",
+        arg: "RATE",
+        help: "cap the whole transfer, bytes per second: 500K, 10M (like curl)",
+      },
+      {
+        name: "platform",
+        arg: "OS/ARCH",
+        help: "platform to pick from an image index (default this machine)",
+      },
+      json("print Ollama's /api/pull NDJSON progress on stdout"),
+      { name: "quiet", short: "q", help: "print nothing but errors" },
+      help,
+    ],
+  },
+  {
+    name: "list",
+    usage: "list [options]",
+    summary: "list the models in the store",
+    args: "none",
+    flags: [models, json("print a JSON array with exact sizes and ISO dates"), help],
+  },
+  {
+    name: "rm",
+    usage: "rm [options] REF...",
+    summary: "remove models and the blobs no other model uses",
+    args: "model",
+    flags: [
+      models,
+      {
+        name: "force",
+        help: "remove unused blobs even if files changed in the last 10 minutes",
+      },
+      json("print what was removed as JSON"),
+      help,
+    ],
+  },
+  {
+    name: "prune",
+    usage: "prune [options]",
+    summary: "remove unused blobs and stale partial downloads",
+    args: "none",
+    flags: [
+      models,
+      { name: "dry-run", short: "n", help: "print what would be removed; remove nothing" },
+      {
+        name: "force",
+        help: "also remove files modified in the last 10 minutes (no pull may be running)",
+      },
+      json("print the result as JSON"),
+      help,
+    ],
+  },
+  {
+    name: "verify",
+    usage: "verify [options] [REF...]",
+    summary: "re-hash blobs and report damaged or missing ones",
+    args: "model",
+    flags: [
+      models,
+      { name: "fix", help: "remove damaged blobs so the next pull fetches them again" },
+      json("print the result as JSON"),
+      { name: "quiet", short: "q", help: "no progress on stderr" },
+      help,
+    ],
+  },
+  {
+    name: "login",
+    usage: "login [options] REGISTRY",
+    summary: "save credentials for a registry (Docker's config.json)",
+    args: "registry",
+    flags: [
+      { name: "username", short: "u", arg: "USER", help: "user name (prompted on a terminal)" },
+      { name: "password-stdin", help: "read the password from stdin" },
+      { name: "insecure", help: "check the login over plain http" },
+      {
+        name: "ca-file",
+        arg: "FILE",
+        help: "also trust the CA certificates in FILE (PEM)",
+        complete: "file",
+      },
+      json("print the result as JSON (never the password)"),
+      help,
+    ],
+  },
+  {
+    name: "logout",
+    usage: "logout [options] REGISTRY",
+    summary: "remove saved credentials for a registry",
+    args: "registry",
+    flags: [json("print the result as JSON"), help],
+  },
+  {
+    name: "serve",
+    usage: "serve [options]",
+    summary: "share a model store as a read-only registry",
+    args: "none",
+    flags: [
+      { name: "addr", arg: "HOST:PORT", help: "listen address (default 127.0.0.1:11435)" },
+      models,
+      { name: "chunk-size", arg: "SIZE", help: "chunksums chunk size, e.g. 64M (default 64M)" },
+      { name: "verbose", short: "v", help: "log every request to stderr" },
+      help,
+    ],
+  },
+  {
+    name: "completion",
+    usage: "completion bash|zsh|fish",
+    summary: "print a shell completion script",
+    args: "shell",
+    flags: [help],
+  },
+];
+
+/** The entry for `name`; throws for a command missing from the table (a bug). */
+export function commandSpec(name: string): CommandSpec {
+  const spec = COMMAND_SPECS.find((c) => c.name === name);
+  if (!spec) throw new Error(`Command ${name} is missing from cli/commands.ts`);
+  return spec;
+}
+
+type Options = NonNullable<ParseArgsConfig["options"]>;
+
+/** `parseArgs` options for a command, from the table. */
+export function parseOptions(spec: CommandSpec): Options {
+  const out: Options = {};
+  for (const f of spec.flags) {
+    out[f.name] = f.short
+      ? { type: f.arg ? "string" : "boolean", short: f.short }
+      : { type: f.arg ? "string" : "boolean" };
+  }
+  return out;
+}
+
+/** The "Options:" lines of a command's help, aligned. */
+export function formatFlags(spec: CommandSpec): string {
+  const left = spec.flags.map((f) =>
+    `--${f.name}${f.arg ? ` ${f.arg}` : ""}${f.short ? `, -${f.short}` : ""}`
+  );
+  const width = Math.max(...left.map((l) => l.length)) + 2;
+  return spec.flags.map((f, i) => `  ${left[i].padEnd(width)}${f.help}`).join("\n");
+}
+
+/** The "Usage:" lines of `haul --help`, aligned. */
+export function formatCommandList(): string {
+  const width = Math.max(...COMMAND_SPECS.map((c) => c.usage.length)) + 7;
+  return COMMAND_SPECS.map((c) => `  ${`haul ${c.usage}`.padEnd(width)}${c.summary}`).join("\n");
+}
