@@ -5,7 +5,7 @@
  */
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { checkDigest, digestToFileName } from "./digest.ts";
+import { checkDigest, digestToFileName, sha256Digest } from "./digest.ts";
 import { HaulError, InterruptedError, storeError } from "./errors.ts";
 import { MAX_BLOB_SIZE } from "./manifest.ts";
 import { Semaphore } from "./pool.ts";
@@ -14,7 +14,7 @@ import type { OnProgress } from "./progress_events.ts";
 import { downloadBlob, type RangeTuning, SpeedTracker } from "./range_download.ts";
 import { DEFAULT_RETRY } from "./retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "./session.ts";
-import { stat } from "node:fs/promises";
+import { readFile, stat } from "node:fs/promises";
 
 /** A blob to transfer. */
 export interface Blob {
@@ -148,7 +148,13 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
 
   const one = async (b: Blob) => {
     const path = join(options.destDir, digestToFileName(b.digest));
-    const present = await stat(path).then((s) => s.isFile() && s.size === b.size, () => false);
+    // Present with the right size: trusted, as Ollama does (haul renames a blob into
+    // place only after verifying it; `haul verify` re-hashes). Small blobs (configs,
+    // templates) are cheap to re-hash, so those are checked on every pull.
+    let present = await stat(path).then((s) => s.isFile() && s.size === b.size, () => false);
+    if (present && b.size <= tuning.singleStreamMax) {
+      present = await readFile(path).then((d) => sha256Digest(d) === b.digest, () => false);
+    }
     if (present) {
       completed += b.size;
       result.skipped++;

@@ -96,3 +96,21 @@ Deno.test("pull() stops promptly on abort with InterruptedError, keeping resumab
     await fsp.rm(models, { recursive: true, force: true });
   }
 });
+
+Deno.test("download() re-hashes small present blobs and replaces a damaged one", async () => {
+  const fx = makeOllamaModel({ layerSizes: [4096], seed: 24 });
+  const reg = await startRegistry();
+  const dir = await tmpDir("haul-dl");
+  try {
+    await pushFixture(reg, "lib/small", "v1", fx);
+    const blob = fx.blobs[1];
+    const file = path.join(dir, blob.digest.replace(":", "-"));
+    await fsp.writeFile(file, new Uint8Array(blob.size)); // right size, wrong bytes
+    const res = await download({ blobs: [blob], baseUrl: reg.url, repository: "lib/small", destDir: dir });
+    assert.equal(res.fetched, 1);
+    assert.deepEqual(new Uint8Array(await fsp.readFile(file)), blob.data);
+  } finally {
+    await reg.stop();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
