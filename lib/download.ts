@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { checkDigest, digestToFileName, sha256Digest } from "./digest.ts";
 import { HaulError, InterruptedError, storeError } from "./errors.ts";
 import { MAX_BLOB_SIZE } from "./manifest.ts";
+import { type Chunksum, fetchChunksums } from "./chunksums.ts";
 import { Semaphore } from "./pool.ts";
 import { RateLimiter } from "./rate_limit.ts";
 import type { OnProgress } from "./progress_events.ts";
@@ -45,6 +46,8 @@ export interface TransferTuning {
   syncEvery?: number;
   /** Cap on bytes per second across every stream (like curl's --limit-rate). @default unlimited */
   limitRate?: number;
+  /** Ask the registry for chunksums of large blobs and verify each part. @default true */
+  chunksums?: boolean;
 }
 
 export const DEFAULT_TUNING = {
@@ -66,6 +69,11 @@ export interface DownloadOptions extends ConnectionOptions, TransferTuning {
   repository: string;
   /** Directory the blobs land in as `sha256-<hex>` (Ollama's `blobs/`). */
   destDir: string;
+  /**
+   * A blob's file name inside `destDir` (a plain name, no separator); partial and temp
+   * files add suffixes to it. @default `sha256-<hex>` (Ollama's); an OCI layout uses `<hex>`
+   */
+  fileName?: (digest: string) => string;
   /** Aggregate progress: bytes present or transferred, and the total. */
   onProgress?: (completed: number, total: number) => void;
   /** Per-blob events (for renderers). */
@@ -147,7 +155,13 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
   const emit = options.onEvent ?? (() => {});
 
   const one = async (b: Blob) => {
-    const path = join(options.destDir, digestToFileName(b.digest));
+    const name = (options.fileName ?? digestToFileName)(b.digest);
+    if (!name || name === "." || name === ".." || /[\\/\0]/.test(name)) {
+      throw new RangeError(
+        `fileName gave ${JSON.stringify(name)} for ${b.digest}: not a file name`,
+      );
+    }
+    const path = join(options.destDir, name);
     // Present with the right size: trusted, as Ollama does (haul renames a blob into
     // place only after verifying it; `haul verify` re-hashes). Small blobs (configs,
     // templates) are cheap to re-hash, so those are checked on every pull.
@@ -166,14 +180,29 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
     let blobDone = 0;
     emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: 0 });
     let url = session.client.blobUrl(options.repository, b.digest);
+    let chunks: Chunksum[] | undefined;
     if (b.size > tuning.singleStreamMax) {
-      // Resolve once: parts then go straight to the final (CDN) URL.
-      url =
-        (await session.client.resolveBlob(options.repository, b.digest, { signal: abort.signal }))
-          .url;
+      // A registry offering chunksums (Ollama's, `haul serve`) lets every part be
+      // verified as it lands; anything else falls back to plain Range parts.
+      const offered = options.chunksums === false ? undefined : await fetchChunksums(
+        session.client,
+        { repository: options.repository, digest: b.digest, size: b.size },
+        { signal: abort.signal },
+      ).catch((err) => {
+        if (abort.signal.aborted) throw err;
+        return undefined;
+      });
+      if (offered) {
+        url = offered.url;
+        chunks = offered.chunks;
+      } else {
+        // Resolve once: parts then go straight to the final (CDN) URL.
+        const signal = abort.signal;
+        url = (await session.client.resolveBlob(options.repository, b.digest, { signal })).url;
+      }
     }
     const n = await downloadBlob(
-      { digest: b.digest, size: b.size, url, path, partialPath: path + "-partial" },
+      { digest: b.digest, size: b.size, url, path, partialPath: path + "-partial", chunks },
       {
         fetch: session.fetch,
         limiter,

@@ -16,7 +16,7 @@
  * whole body (distribution's proxy mode) is handled by turning the rest of the
  * blob into one sequential stream.
  */
-import { readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { open, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import {
   HaulError,
@@ -81,6 +81,8 @@ export interface BlobJob {
   path: string;
   /** Path of the partial file (large blobs) — never the final name. */
   partialPath: string;
+  /** Per-chunk digests offered by the registry (Ollama's chunksums); parts follow them. */
+  chunks?: { digest: string; start: number; end: number }[];
 }
 
 export interface BlobContext {
@@ -100,6 +102,10 @@ interface Part {
   offset: number;
   size: number;
   done: number;
+  /** Chunksums: the digest of this part's bytes, checked when the part completes. */
+  digest?: string;
+  /** Chunksums: the part's bytes were checked against `digest`. */
+  verified?: boolean;
 }
 
 interface State {
@@ -145,7 +151,7 @@ async function downloadSmall(job: BlobJob, ctx: BlobContext): Promise<number> {
         got = await runAttempt(ctx, job, 0, job.size, writer, hash, (n) => {
           transferred += n;
           ctx.onBytes(n);
-        });
+        }, { restartOnError: true });
       } finally {
         writer.close();
       }
@@ -304,7 +310,14 @@ async function downloadLargeOnce(
       version: 1,
       digest: job.digest,
       size: job.size,
-      parts: planParts(job.size, tuning.partSize),
+      parts: job.chunks?.length
+        ? job.chunks.map((c) => ({
+          offset: c.start,
+          size: c.end - c.start + 1,
+          done: 0,
+          digest: c.digest,
+        }))
+        : planParts(job.size, tuning.partSize),
     };
     await saveState(job, st).catch((e) => {
       throw storeError("write", statePath(job), e);
@@ -320,9 +333,13 @@ async function downloadLargeOnce(
   ctx.signal?.addEventListener("abort", onOuterAbort, { once: true });
   if (ctx.signal?.aborted) onOuterAbort();
 
+  // How far the file is written (and, for chunk parts, verified) without a gap:
+  // the ordered whole-blob hash may read that far. A chunk part counts only once
+  // its own digest matched, so a bad chunk is re-fetched before it is hashed.
   const watermark = () => {
     let w = 0;
     for (const p of state.parts) {
+      if (p.digest && !p.verified) return p.offset;
       w = p.offset + p.done;
       if (p.done < p.size) break;
     }
@@ -380,16 +397,24 @@ async function downloadLargeOnce(
         return writer;
       };
       try {
+        if (part.digest && !part.verified && part.done === part.size) {
+          await checkChunk(job, part, undefined); // resumed complete chunk: verify it first
+          hasher.advance(watermark());
+          continue;
+        }
         const start = part.offset + part.done;
         const t0 = Date.now();
         const before = part.done;
+        // A chunk part hashes its bytes as they are written; after a restart the
+        // bytes already on disk are hashed first.
+        const chunkHash = part.digest ? await primeChunkHash(job, part) : undefined;
         await runAttempt(
           ctx,
           job,
           start,
           part.offset + part.size,
           await open(start),
-          undefined,
+          chunkHash,
           (n) => {
             transferred += n;
             count(n);
@@ -426,8 +451,19 @@ async function downloadLargeOnce(
         );
         const ms = Math.max(1, Date.now() - t0);
         if (part.size >= 1 << 20) ctx.speeds.record((part.done - before) / ms);
+        if (part.digest && !part.verified && part.done === part.size) {
+          await checkChunk(job, part, chunkHash);
+          hasher.advance(watermark());
+          void persist();
+        }
       } catch (err) {
         if (blobAbort.signal.aborted) return;
+        if (err instanceof ChunkMismatch) {
+          // Only this chunk is fetched again.
+          ctx.onBytes(-part.done);
+          part.done = 0;
+          void persist(true);
+        }
         const reason = attempt.signal.reason;
         if (reason instanceof AttemptCut && reason.kind === "superseded") return;
         const verdict = classify(err, ctx, failures, stalls);
@@ -506,6 +542,45 @@ async function downloadLargeOnce(
   }
 }
 
+/** A chunk's bytes did not match its chunksum. */
+class ChunkMismatch extends IntegrityError {}
+
+/** A hash of the part's bytes already on disk, ready to continue. */
+async function primeChunkHash(job: BlobJob, part: Part): Promise<Sha256> {
+  const hash = new Sha256();
+  if (!part.done) return hash;
+  const fh = await open(job.partialPath, "r").catch((e) => {
+    throw storeError("read", job.partialPath, e);
+  });
+  try {
+    const buf = new Uint8Array(Math.min(part.done, 4 << 20));
+    let pos = part.offset;
+    const end = part.offset + part.done;
+    while (pos < end) {
+      const { bytesRead } = await fh.read(buf, 0, Math.min(buf.byteLength, end - pos), pos);
+      if (bytesRead <= 0) throw new Error(`${job.partialPath} ends at ${pos}`);
+      hash.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
+  return hash;
+}
+
+async function checkChunk(job: BlobJob, part: Part, hash: Sha256 | undefined): Promise<void> {
+  const h = hash && hash.bytes === part.size ? hash : await primeChunkHash(job, part);
+  const got = h.digest();
+  if (got !== part.digest) {
+    throw new ChunkMismatch(
+      `Chunk ${part.offset}-${
+        part.offset + part.size - 1
+      } of ${job.digest} hashes to ${got}, not ${part.digest}`,
+    );
+  }
+  part.verified = true;
+}
+
 /** fsync, rename into place, fsync the directory. */
 async function finalize(from: string, to: string): Promise<void> {
   try {
@@ -525,6 +600,8 @@ interface AttemptHooks {
   onFlushed?: (n: number) => void;
   /** The server sent the whole body for a Range request; returns the offset to resume at. */
   onWholeBody?: () => number;
+  /** A failure discards everything (small blobs); else what was written is kept. */
+  restartOnError?: boolean;
   /** Opens a writer at another offset (after {@link AttemptHooks.onWholeBody}). */
   reopen?: (offset: number) => Promise<OffsetWriter>;
   speeds?: SpeedTracker;
@@ -728,7 +805,7 @@ async function runAttempt(
     if (!(err instanceof HaulError && isFatalFsError(err.cause)) && !(err instanceof RangeLie)) {
       await flush().catch(() => {});
     }
-    if (hash) throw err; // small blobs restart from zero; the caller discounts `received`
+    if (hooks.restartOnError) throw err; // small blobs restart from zero; the caller discounts `received`
     onBytes(-(received - (written - base)));
     throw err;
   } finally {
