@@ -1,4 +1,5 @@
 /** haul pull */
+import process from "node:process";
 import { readFile } from "node:fs/promises";
 import * as tls from "node:tls";
 import { parseArgs } from "node:util";
@@ -58,6 +59,11 @@ export const pullCommand: Command = async (args, signal) => {
   }
   if (!positionals.length) throw new UsageError("pull: missing REF (see haul pull --help)");
   const caCerts = await readCaFile(values["ca-file"]);
+  if (values.insecure && !values.quiet) {
+    process.stderr.write(
+      "haul: --insecure: plain http allowed; nothing sent or received is encrypted\n",
+    );
+  }
   const progress = startProgress(values);
   try {
     await pull(positionals, {

@@ -472,3 +472,43 @@ Deno.test("haul pull usage and lookup errors: one line, distinct exit codes", as
     await fsp.rm(models, { recursive: true, force: true });
   }
 });
+
+Deno.test("haul pull a b: models sharing a blob fetch it once, in one run", async () => {
+  const a = makeOllamaModel({ layerSizes: [300, 30 * MiB + 1], seed: 61 });
+  const b = makeOllamaModel({ layerSizes: [300, 30 * MiB + 1, 5000], seed: 61 }); // same first layers
+  const models = await tmpDir("haul-models");
+  try {
+    await withRegistry({}, async (reg) => {
+      await pushFixture(reg, "library/a", "latest", a);
+      await pushFixture(reg, "library/b", "latest", b);
+      const proxy = await startFaultProxy(reg.url);
+      try {
+        const r = await runCli([
+          "pull",
+          "--insecure",
+          "--models",
+          models,
+          `${proxy.host}/library/a`,
+          `${proxy.host}/library/b`,
+        ]);
+        assert.equal(r.code, 0, r.stderr);
+        assert.match(r.stderr, /--insecure/);
+        await assertStored(models, proxy.host, "library/a", "latest", a);
+        await assertStored(models, proxy.host, "library/b", "latest", b);
+        const shared = a.blobs[2];
+        assert.equal(b.blobs[2].digest, shared.digest);
+        assert.equal(
+          proxy.bytesOut(new RegExp(`/blobs/${shared.digest}`)),
+          shared.size,
+          "shared layer fetched once",
+        );
+      } finally {
+        await proxy.stop();
+      }
+    });
+  } finally {
+    await a.cleanup?.();
+    await b.cleanup?.();
+    await fsp.rm(models, { recursive: true, force: true });
+  }
+});
