@@ -9,6 +9,7 @@ import { checkDigest, digestToFileName, sha256Digest } from "./digest.ts";
 import { HaulError, InterruptedError, storeError } from "./errors.ts";
 import { MAX_BLOB_SIZE } from "./manifest.ts";
 import { type Chunksum, fetchChunksums } from "./chunksums.ts";
+import { acquireBlockWriter } from "./block_writer.ts";
 import { Semaphore } from "./pool.ts";
 import { RateLimiter } from "./rate_limit.ts";
 import type { OnProgress } from "./progress_events.ts";
@@ -142,6 +143,7 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
   const result: DownloadResult = { transferred: 0, skipped: 0, fetched: 0 };
   const report = () => options.onProgress?.(completed, total);
   const slots = options.shared?.slots ?? new Semaphore(tuning.concurrency);
+  const writer = acquireBlockWriter({ worker: tuning.hashWorker });
   const limiter = options.shared
     ? options.shared.limiter
     : options.limitRate
@@ -205,6 +207,7 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
       { digest: b.digest, size: b.size, url, path, partialPath: path + "-partial", chunks },
       {
         fetch: session.fetch,
+        writer,
         limiter,
         tuning,
         slots,
@@ -241,6 +244,7 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
       })
     ));
   } finally {
+    writer.release();
     options.signal?.removeEventListener("abort", onOuter);
   }
   if (firstError !== undefined) {

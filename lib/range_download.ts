@@ -30,7 +30,8 @@ import {
 } from "./errors.ts";
 import { Sha256 } from "./digest.ts";
 import { createFileHasher, type FileHasher } from "./hasher.ts";
-import { createSized, type OffsetWriter, openWriter, syncDir, syncPath } from "./fsio.ts";
+import { createSized, syncDir, syncPath } from "./fsio.ts";
+import type { BlockWriter } from "./block_writer.ts";
 import type { Semaphore } from "./pool.ts";
 import { waitForLock } from "./lock.ts";
 import type { RateLimiter } from "./rate_limit.ts";
@@ -87,6 +88,8 @@ export interface BlobJob {
 
 export interface BlobContext {
   fetch: Fetch;
+  /** Where bytes are written (a Worker thread when available). */
+  writer: BlockWriter;
   /** Shared cap on the bytes per second of the whole transfer. */
   limiter?: RateLimiter;
   tuning: RangeTuning;
@@ -146,14 +149,13 @@ async function downloadSmall(job: BlobJob, ctx: BlobContext): Promise<number> {
       await createSized(tmp, 0).catch((e) => {
         throw storeError("create", tmp, e);
       });
-      const writer = await openWriter(tmp, 0);
       try {
-        got = await runAttempt(ctx, job, 0, job.size, writer, hash, (n) => {
+        got = await runAttempt(ctx, job, 0, job.size, tmp, hash, (n) => {
           transferred += n;
           ctx.onBytes(n);
         }, { restartOnError: true });
       } finally {
-        writer.close();
+        ctx.writer.close(tmp);
       }
       if (hash.bytes !== job.size) {
         throw new IntegrityError(
@@ -384,18 +386,10 @@ async function downloadLargeOnce(
       if (blobAbort.signal.aborted) return;
       const release = await ctx.slots.acquire(blobAbort.signal).catch(() => undefined);
       if (!release) return;
-      let writer: OffsetWriter | undefined;
       const attempt = new AbortController();
       const onBlobAbort = () => attempt.abort(blobAbort.signal.reason);
       blobAbort.signal.addEventListener("abort", onBlobAbort, { once: true });
       attempts.add(attempt);
-      const open = async (at: number) => {
-        writer?.close();
-        writer = await openWriter(job.partialPath, at).catch((e) => {
-          throw storeError("open", job.partialPath, e);
-        });
-        return writer;
-      };
       try {
         if (part.digest && !part.verified && part.done === part.size) {
           await checkChunk(job, part, undefined); // resumed complete chunk: verify it first
@@ -413,7 +407,7 @@ async function downloadLargeOnce(
           job,
           start,
           part.offset + part.size,
-          await open(start),
+          job.partialPath,
           chunkHash,
           (n) => {
             transferred += n;
@@ -422,7 +416,6 @@ async function downloadLargeOnce(
           },
           {
             signal: attempt.signal,
-            reopen: open,
             onFlushed: (n) => {
               part.done += n;
               hasher.advance(watermark());
@@ -489,7 +482,6 @@ async function downloadLargeOnce(
       } finally {
         attempts.delete(attempt);
         blobAbort.signal.removeEventListener("abort", onBlobAbort);
-        (writer as OffsetWriter | undefined)?.close();
         release?.();
       }
     }
@@ -538,6 +530,7 @@ async function downloadLargeOnce(
     await saving;
     throw err;
   } finally {
+    ctx.writer.close(job.partialPath);
     ctx.signal?.removeEventListener("abort", onOuterAbort);
   }
 }
@@ -602,8 +595,6 @@ interface AttemptHooks {
   onWholeBody?: () => number;
   /** A failure discards everything (small blobs); else what was written is kept. */
   restartOnError?: boolean;
-  /** Opens a writer at another offset (after {@link AttemptHooks.onWholeBody}). */
-  reopen?: (offset: number) => Promise<OffsetWriter>;
   speeds?: SpeedTracker;
 }
 
@@ -616,7 +607,7 @@ async function runAttempt(
   job: BlobJob,
   start: number,
   end: number,
-  firstWriter: OffsetWriter,
+  path: string,
   hash: Sha256 | undefined,
   onBytes: (n: number) => void,
   hooks: AttemptHooks = {},
@@ -650,7 +641,6 @@ async function runAttempt(
     }
   }, Math.min(1000, Math.max(50, tuning.stallTimeoutMs / 4)));
 
-  let writer = firstWriter;
   let base = start; // where this attempt's bytes start landing
   let buf = new Uint8Array(Math.min(tuning.bufferSize, Math.max(end - start, 1 << 16)));
   let filled = 0;
@@ -664,12 +654,11 @@ async function runAttempt(
       filled = 0;
       return;
     }
-    const data = buf.subarray(0, filled);
-    hash?.update(data);
+    hash?.update(buf.subarray(0, filled));
     try {
-      await writer.write(data);
+      buf = await ctx.writer.write(path, written, buf, filled);
     } catch (e) {
-      throw storeError("write", job.partialPath, e);
+      throw storeError("write", path, e);
     }
     written += filled;
     hooks.onFlushed?.(filled);
@@ -709,11 +698,7 @@ async function runAttempt(
       }
       if (ranged) {
         const resumeAt = hooks.onWholeBody ? hooks.onWholeBody() : start;
-        if (resumeAt !== written) {
-          if (!hooks.reopen) throw new AttemptCut("superseded", "another stream took over");
-          writer = await hooks.reopen(resumeAt);
-          written = base = resumeAt;
-        }
+        if (resumeAt !== written) written = base = resumeAt;
         skip = resumeAt;
         limit = job.size;
       }

@@ -65,7 +65,7 @@ if [ "$if_stale" = 1 ]; then
 fi
 
 entries=(./main.ts)
-[ "$worker" = 1 ] && entries+=(./lib/hash_worker.ts)
+[ "$worker" = 1 ] && entries+=(./lib/hash_worker.ts ./lib/write_worker.ts)
 tmp="$outfile.tmp.$$"
 args=(
   build --compile
