@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets=(${RELEASE_TARGETS:-linux-x64 linux-arm64 linux-x64-musl linux-arm64-musl darwin-x64 darwin-arm64 windows-x64})
+read -r -a targets <<<"${RELEASE_TARGETS:-linux-x64 linux-arm64 linux-x64-musl linux-arm64-musl darwin-x64 darwin-arm64 windows-x64}"
 out=dist/release
 rm -rf "$out"
 mkdir -p "$out"

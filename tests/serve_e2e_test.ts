@@ -58,6 +58,7 @@ async function makeWorld(): Promise<World> {
   await storeFixture(store, { repository: "library/img", tag: "v2" }, img);
   await storeFixture(store, { repository: "library/big" }, big, { move: true });
   const server = await startServe(store, {
+    extra: ["--verbose", "--chunk-size", "8M"],
     denoFlags: [
       `--allow-read=${store}`,
       `--allow-write=${store}`,
@@ -118,6 +119,10 @@ Deno.test("haul pull fetches models from haul serve, byte for byte", async () =>
     const file = join(dest, "blobs", b.digest.replace(":", "-"));
     assert.equal(`sha256:${await sha256File(file)}`, b.digest);
   }
+  // haul's downloader asks for chunksums and fetches the big layer chunk by chunk.
+  const log = w.server.child.output().stderr;
+  assert.match(log, new RegExp(`GET /v2/library/tiny/chunksums/${w.tiny.blobs[1].digest} 200`));
+  assert.ok((log.match(/ 206 8388608 bytes/g) ?? []).length >= 5, log.slice(-2000));
   const blobs = [...tree.keys()].filter((k) => k.startsWith("blobs/"));
   assert.equal(
     blobs.length,
@@ -259,7 +264,7 @@ Deno.test("haul serve serves concurrent clients with bounded memory", async () =
   const w = await getWorld();
   const layer = w.big.blobs[1];
   const url = `${w.server.url}/v2/library/big/blobs/${layer.digest}`;
-  await fetchAndHash(url); // warm the page cache
+  await fetchAndHash(url, AbortSignal.timeout(30_000)); // warm the page cache
   const clients = 12;
   const r = await loadBlob(url, layer, {
     clients,
@@ -276,7 +281,9 @@ Deno.test("haul serve stops promptly on SIGTERM while a download is in flight", 
   const w = await getWorld();
   const server = await startServe(w.store);
   try {
-    const res = await fetch(`${server.url}/v2/library/big/blobs/${w.big.blobs[1].digest}`);
+    const res = await fetch(`${server.url}/v2/library/big/blobs/${w.big.blobs[1].digest}`, {
+      signal: AbortSignal.timeout(30_000),
+    });
     const reader = res.body!.getReader();
     await reader.read(); // a stalled client: reads once, then waits
     const t0 = Date.now();
