@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
+import process from "node:process";
 import {
   type Fixture,
   makeOciImage,
@@ -510,6 +511,37 @@ Deno.test("haul pull a b: models sharing a blob fetch it once, in one run", asyn
   } finally {
     await a.cleanup?.();
     await b.cleanup?.();
+    await fsp.rm(models, { recursive: true, force: true });
+  }
+});
+
+Deno.test("haul pull: Ctrl-C stops promptly with a message and exit 130; the next run resumes", async () => {
+  const model = makeOllamaModel({ layerSizes: [100, 60 * MiB], seed: 62 });
+  const models = await tmpDir("haul-models");
+  try {
+    await withRegistry({}, async (reg) => {
+      await pushFixture(reg, "library/ctrlc", "latest", model);
+      const slow = await startFaultProxy(reg.url, {
+        rule: (req) => req.url.includes("/blobs/") ? { rateBytesPerSec: 2e6 } : undefined,
+      });
+      try {
+        const child = spawnCli(["pull", "--insecure", "--models", models, `${slow.host}/library/ctrlc`]);
+        await new Promise((r) => setTimeout(r, 2500));
+        const t0 = Date.now();
+        process.kill(child.pid!, "SIGINT");
+        const r = await child.result;
+        assert.ok(Date.now() - t0 < 3000, "prompt");
+        assert.equal(r.code, 130, r.stderr);
+        assert.match(r.stderr, /interrupted.*resume/);
+      } finally {
+        await slow.stop();
+      }
+      const again = await runCli(["pull", "--insecure", "--models", models, `${reg.host}/library/ctrlc`]);
+      assert.equal(again.code, 0, again.stderr);
+      await assertStored(models, reg.host, "library/ctrlc", "latest", model);
+    });
+  } finally {
+    await model.cleanup?.();
     await fsp.rm(models, { recursive: true, force: true });
   }
 });
