@@ -107,6 +107,12 @@ async function terminate(child: ChildProcess, graceMs = 5000): Promise<void> {
     child.kill("SIGKILL");
     await exited;
   }
+  // Deno may report a signalled child as exited before it is: make sure it is gone.
+  try {
+    if (child.pid) process.kill(child.pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
 }
 
 // ---------------------------------------------------------------------------
