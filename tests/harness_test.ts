@@ -72,12 +72,10 @@ async function stopAll(...things: ({ stop(): Promise<void> } | undefined)[]) {
   for (const t of things) await t?.stop();
 }
 
-Deno.test("deterministicBytes() is fast, seeded, and matches writeDeterministicFile()", async () => {
-  const t0 = performance.now();
+Deno.test("deterministicBytes() is seeded and matches writeDeterministicFile()", async () => {
+  // Speed is a benchmark matter, not a test's: no timing asserted here.
   const big = deterministicBytes(256 * MiB, 7);
-  const ms = performance.now() - t0;
   assert.equal(big.length, 256 * MiB);
-  assert.ok(ms < 1000, `256 MiB took ${ms.toFixed(0)} ms`);
   assert.notDeepEqual(deterministicBytes(64, 1), deterministicBytes(64, 2));
   assert.deepEqual(deterministicBytes(64, 3), deterministicBytes(64, 3));
 

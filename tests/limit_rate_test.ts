@@ -10,7 +10,8 @@ Deno.test("RateLimiter.take() spaces bytes at the rate after the burst", async (
   const t0 = Date.now();
   for (let i = 0; i < 5; i++) await l.take(50_000);
   const ms = Date.now() - t0;
-  assert.ok(ms >= 200 && ms < 400, `${ms} ms for 250 kB at 1 MB/s`);
+  // Never faster than the rate (the upper bound only guards against a hang).
+  assert.ok(ms >= 195 && ms < 5000, `${ms} ms for 250 kB at 1 MB/s`);
 });
 
 Deno.test("haul pull --limit-rate caps the whole transfer across parallel parts within 10% over 30 s", async () => {
