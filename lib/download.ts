@@ -10,6 +10,7 @@ import { HaulError, InterruptedError, storeError } from "./errors.ts";
 import { MAX_BLOB_SIZE } from "./manifest.ts";
 import { type Chunksum, fetchChunksums } from "./chunksums.ts";
 import { acquireBlockWriter } from "./block_writer.ts";
+import { syncDir } from "./fsio.ts";
 import { Semaphore } from "./pool.ts";
 import { RateLimiter } from "./rate_limit.ts";
 import type { OnProgress } from "./progress_events.ts";
@@ -243,6 +244,8 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
         }
       })
     ));
+    // Small blobs were renamed without a directory fsync each: one for all of them.
+    if (result.fetched) await syncDir(options.destDir);
   } finally {
     writer.release();
     options.signal?.removeEventListener("abort", onOuter);

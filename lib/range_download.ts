@@ -166,7 +166,8 @@ async function downloadSmall(job: BlobJob, ctx: BlobContext): Promise<number> {
       if (digest !== job.digest) {
         throw new IntegrityError(`Digest mismatch for ${job.digest}: the data hashes to ${digest}`);
       }
-      await finalize(tmp, job.path);
+      // The directory is synced once for all small blobs, by download().
+      await finalize(tmp, job.path, false);
       return transferred;
     } catch (err) {
       ctx.onBytes(-got);
@@ -575,11 +576,11 @@ async function checkChunk(job: BlobJob, part: Part, hash: Sha256 | undefined): P
 }
 
 /** fsync, rename into place, fsync the directory. */
-async function finalize(from: string, to: string): Promise<void> {
+async function finalize(from: string, to: string, dirSync = true): Promise<void> {
   try {
     await syncPath(from);
     await rename(from, to);
-    await syncDir(to.slice(0, to.lastIndexOf("/")) || ".");
+    if (dirSync) await syncDir(to.slice(0, to.lastIndexOf("/")) || ".");
   } catch (e) {
     throw storeError("finish", to, e);
   }
