@@ -3,7 +3,6 @@
  * of content-addressed blobs of one repository into a directory, in parallel,
  * verified, skipping blobs already present.
  */
-import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { checkDigest, digestToFileName, sha256Digest } from "./digest.ts";
 import { HaulError, InterruptedError, storeError } from "./errors.ts";
@@ -17,7 +16,7 @@ import type { OnProgress } from "./progress_events.ts";
 import { downloadBlob, type RangeTuning, SpeedTracker } from "./range_download.ts";
 import { DEFAULT_RETRY } from "./retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "./session.ts";
-import { readFile, stat } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 
 /** A blob to transfer. */
 export interface Blob {
@@ -137,6 +136,7 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
   await mkdir(options.destDir, { recursive: true }).catch((e) => {
     throw storeError("create directory", options.destDir, e);
   });
+  await removeDeadTempFiles(options.destDir);
   const seen = new Set<string>();
   const blobs = options.blobs.filter((b) => !seen.has(b.digest) && seen.add(b.digest));
   const total = blobs.reduce((a, b) => a + b.size, 0);
@@ -255,4 +255,28 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
     throw firstError;
   }
   return result;
+}
+
+/**
+ * Small blobs download to `sha256-<hex>-partial-<pid>-<rand>`; a process killed
+ * with -9 leaves its file behind. Remove those whose process is gone.
+ */
+async function removeDeadTempFiles(dir: string): Promise<void> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^sha256-[0-9a-f]{64}-partial-(\d+)-[0-9a-f]{8}$/.exec(name);
+    if (!m || Number(m[1]) === process.pid) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+      continue; // alive: another haul is writing it
+    } catch (e) {
+      if ((e as { code?: string }).code === "EPERM") continue;
+    }
+    await rm(join(dir, name), { force: true }).catch(() => {});
+  }
 }

@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
+import process from "node:process";
 import { download, InterruptedError, IntegrityError, pull } from "../lib/mod.ts";
 import { makeOllamaModel, pushFixture, sha256File, startRegistry, tmpDir } from "./harness.ts";
 import { startFaultProxy } from "./fault_proxy.ts";
@@ -109,6 +110,25 @@ Deno.test("download() re-hashes small present blobs and replaces a damaged one",
     const res = await download({ blobs: [blob], baseUrl: reg.url, repository: "lib/small", destDir: dir });
     assert.equal(res.fetched, 1);
     assert.deepEqual(new Uint8Array(await fsp.readFile(file)), blob.data);
+  } finally {
+    await reg.stop();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+Deno.test("download() removes small-blob temp files left by a killed process", async () => {
+  const fx = makeOllamaModel({ layerSizes: [100], seed: 25 });
+  const reg = await startRegistry();
+  const dir = await tmpDir("haul-dl");
+  try {
+    await pushFixture(reg, "lib/tmp", "v1", fx);
+    const dead = path.join(dir, `${fx.blobs[1].digest.replace(":", "-")}-partial-999999-abcdef01`);
+    const alive = path.join(dir, `${fx.blobs[1].digest.replace(":", "-")}-partial-${process.pid}-abcdef01`);
+    await fsp.writeFile(dead, "x");
+    await fsp.writeFile(alive, "x");
+    await download({ blobs: fx.blobs, baseUrl: reg.url, repository: "lib/tmp", destDir: dir });
+    await assert.rejects(fsp.stat(dead), "a dead process's temp file is gone");
+    await fsp.stat(alive); // a live process's temp file stays
   } finally {
     await reg.stop();
     await fsp.rm(dir, { recursive: true, force: true });
