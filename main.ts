@@ -7,6 +7,7 @@ import process from "node:process";
 import { COMMIT, ExitCode, HaulError, UsageError, VERSION } from "./lib/mod.ts";
 import type { Command } from "./cli/common.ts";
 import { pullCommand } from "./cli/pull.ts";
+import { copyCommand, pushCommand } from "./cli/push.ts";
 import { listCommand, pruneCommand, rmCommand, verifyCommand } from "./cli/store.ts";
 import { loginCommand, logoutCommand } from "./cli/login.ts";
 import { completionCommand } from "./cli/completion.ts";
@@ -15,6 +16,8 @@ import { serveCommand } from "./cli/serve.ts";
 /** Subcommands; each module parses its own flags. */
 const COMMANDS: Record<string, Command> = {
   pull: pullCommand,
+  push: pushCommand,
+  copy: copyCommand,
   list: listCommand,
   ls: listCommand,
   rm: rmCommand,
@@ -31,6 +34,8 @@ OCI / Ollama registries and disk.
 
 Usage:
   haul pull [options] REF...     fetch models into Ollama's store
+  haul push [options] REF [DEST] upload a model from Ollama's store
+  haul copy [options] SRC DEST   copy registry to registry, no local store
   haul list [--json]             list the models in the store
   haul rm REF...                 remove models and the blobs no other model uses
   haul prune [--dry-run]         remove unused blobs and stale partial downloads
