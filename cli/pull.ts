@@ -4,85 +4,97 @@ import { readFile } from "node:fs/promises";
 import * as tls from "node:tls";
 import { parseArgs } from "node:util";
 import { pull } from "../lib/mod.ts";
+import { loadMirrors } from "../lib/mirror_config.ts";
 import type { ProgressEvent } from "../lib/progress_events.ts";
 import { UsageError } from "../lib/errors.ts";
 import { type Command, parseNumber, parsePlatform, parseSize, startProgress } from "./common.ts";
+import { commandSpec, formatFlags, parseOptions } from "./commands.ts";
 
-export const PULL_HELP = `Usage: haul pull [options] REF...
+const PULL = commandSpec("pull");
+
+export const PULL_HELP = `Usage: haul ${PULL.usage}
 
 Fetches each REF's manifest and every blob it references, in parallel, into
-Ollama's model store, so that "ollama run NAME" uses it at once. Large blobs
+Ollama's model store, so that "ollama run NAME" uses it at once, or with
+--oci DIR into an OCI image layout (as skopeo and oras write it; REF's tag
+names the image in DIR/index.json, other images there are kept). Large blobs
 are split into HTTP Range parts; SHA-256 is verified as data streams; an
 interrupted pull resumes where it stopped.
 
+From an image index (multi-platform image), the manifest for --platform is
+taken (default this machine's); --all-platforms with --oci keeps them all.
+
+Mirrors (pull-through caches) are tried in order before the registry itself
+for the manifest and every blob, which are fetched by the digest the registry
+names; a mirror that is down or lacks something is skipped. They come from
+--mirror URL, else $HAUL_MIRRORS ("host=url,url;*=url"), else the "mirrors"
+object of $HAUL_CONFIG or ~/.config/haul/config.json.
+
 Options:
-  --models DIR          store root (default $OLLAMA_MODELS or ~/.ollama/models)
-  --insecure            allow plain http (and an http:// REF)
-  --ca-file FILE        also trust the CA certificates in FILE (PEM)
-  --concurrency N       simultaneous transfers, blobs and parts (default 24)
-  --part-size SIZE      Range part size, e.g. 32M (default 16M)
-  --stall-timeout SECS  re-fetch a part after this long without data (default 30)
-  --limit-rate RATE     cap the whole transfer, bytes per second: 500K, 10M (like curl)
-  --retries N           retries per request or part after a failure (default 6)
-  --platform OS/ARCH    platform to pick from an image index (default this machine)
-  --json                print Ollama's /api/pull NDJSON progress on stdout
-  --quiet, -q           print nothing but errors
-  -h, --help            this help
+${formatFlags(PULL)}
 
 Examples:
   haul pull llama3.2
   haul pull --insecure --models /tmp/models 127.0.0.1:5000/library/tiny:latest
-  haul pull --json qwen2.5:0.5b | jq .status`;
+  haul pull --json qwen2.5:0.5b | jq .status
+  haul pull --oci ./layout --platform linux/arm64 registry.example.com/team/app:1.2
+  haul pull --mirror http://cache.lan:5000 llama3.2`;
 
 export const pullCommand: Command = async (args, signal) => {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: {
-      models: { type: "string" },
-      insecure: { type: "boolean" },
-      "ca-file": { type: "string" },
-      concurrency: { type: "string" },
-      "part-size": { type: "string" },
-      "stall-timeout": { type: "string" },
-      retries: { type: "string" },
-      "limit-rate": { type: "string" },
-      platform: { type: "string" },
-      json: { type: "boolean" },
-      quiet: { type: "boolean", short: "q" },
-      help: { type: "boolean", short: "h" },
-    },
+    options: { ...parseOptions(PULL), mirror: { type: "string", multiple: true } },
   });
-  if (values.help) {
+  const all: Record<string, unknown> = values;
+  const str = (name: string) => typeof all[name] === "string" ? all[name] as string : undefined;
+  const flag = (name: string) => all[name] === true;
+  if (flag("help")) {
     console.log(PULL_HELP);
     return;
   }
   if (!positionals.length) throw new UsageError("pull: missing REF (see haul pull --help)");
-  const caCerts = await readCaFile(values["ca-file"]);
-  if (values.insecure && !values.quiet) {
+  if (str("oci") !== undefined && str("models") !== undefined) {
+    throw new UsageError(
+      "pull: --oci and --models are exclusive (an OCI layout or Ollama's store)",
+    );
+  }
+  const caCerts = await readCaFile(str("ca-file"));
+  if (flag("insecure") && !flag("quiet")) {
     process.stderr.write(
       "haul: --insecure: plain http allowed; nothing sent or received is encrypted\n",
     );
   }
-  const progress = startProgress(values);
+  const { mirrors } = await loadMirrors({ flags: values.mirror });
+  const progress = startProgress({ json: flag("json"), quiet: flag("quiet") });
   try {
     await pull(positionals, {
-      modelsDir: values.models,
-      insecure: values.insecure,
+      modelsDir: str("models"),
+      ociLayout: str("oci"),
+      allPlatforms: flag("all-platforms"),
+      mirrors,
+      insecure: flag("insecure"),
       caCerts,
-      concurrency: parseNumber(values.concurrency, "--concurrency", 1),
-      partSize: values["part-size"] === undefined
+      concurrency: parseNumber(str("concurrency"), "--concurrency", 1),
+      partSize: str("part-size") === undefined
         ? undefined
-        : parseSize(values["part-size"], "--part-size"),
-      stallTimeout: parseNumber(values["stall-timeout"], "--stall-timeout", 0.05),
-      platform: parsePlatform(values.platform),
-      limitRate: values["limit-rate"] === undefined
+        : parseSize(str("part-size")!, "--part-size"),
+      stallTimeout: parseNumber(str("stall-timeout"), "--stall-timeout", 0.05),
+      platform: parsePlatform(str("platform")),
+      limitRate: str("limit-rate") === undefined
         ? undefined
-        : parseSize(values["limit-rate"], "--limit-rate"),
-      retry: values.retries === undefined
+        : parseSize(str("limit-rate")!, "--limit-rate"),
+      retry: str("retries") === undefined
         ? undefined
-        : { maxRetries: parseNumber(values.retries, "--retries", 0) },
-      onEvent: (e: ProgressEvent) => progress.renderer.handle(e),
+        : { maxRetries: parseNumber(str("retries"), "--retries", 0) },
+      onEvent: (e: ProgressEvent) => {
+        // Warnings go to stderr in every mode but --quiet (stdout may be NDJSON).
+        if (e.type === "warning") {
+          if (!flag("quiet")) process.stderr.write(`haul: warning: ${e.message}\n`);
+          return;
+        }
+        progress.renderer.handle(e);
+      },
       signal,
     });
   } finally {

@@ -11,7 +11,12 @@ export interface BlockWriter {
    * Writes `buf[0, len)` at `offset` of `path` (which must exist). Resolves with
    * the buffer to use from now on (`buf` itself may be detached meanwhile).
    */
-  write(path: string, offset: number, buf: Uint8Array<ArrayBuffer>, len: number): Promise<Uint8Array<ArrayBuffer>>;
+  write(
+    path: string,
+    offset: number,
+    buf: Uint8Array<ArrayBuffer>,
+    len: number,
+  ): Promise<Uint8Array<ArrayBuffer>>;
   /** Closes the writer's handle on `path` (after its last write). */
   close(path: string): void;
 }
@@ -25,7 +30,10 @@ let onReady: (() => void) | undefined;
 let broken = false;
 let nextId = 1;
 let users = 0;
-const pending = new Map<number, { resolve: (b: ArrayBuffer) => void; reject: (e: Error) => void }>();
+const pending = new Map<
+  number,
+  { resolve: (b: ArrayBuffer) => void; reject: (e: Error) => void }
+>();
 
 function startWorker(): void {
   if (worker || broken || typeof Worker !== "function") return;
@@ -73,7 +81,12 @@ function startWorker(): void {
   });
 }
 
-async function writeInline(path: string, offset: number, buf: Uint8Array<ArrayBuffer>, len: number) {
+async function writeInline(
+  path: string,
+  offset: number,
+  buf: Uint8Array<ArrayBuffer>,
+  len: number,
+) {
   const fh = await open(path, "r+");
   try {
     let n = 0;

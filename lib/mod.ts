@@ -24,6 +24,26 @@ export type { AuthChallenge } from "./auth.ts";
 export { loadCredential } from "./credentials.ts";
 export type { Credential } from "./credentials.ts";
 export { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
+export { ociBlobFileName, OciLayout, REF_NAME_ANNOTATION } from "./store_oci.ts";
+export type { OciLayoutEntry } from "./store_oci.ts";
+export {
+  availablePlatforms,
+  formatPlatform,
+  normalizePlatform,
+  platformMatches,
+  selectManifest,
+} from "./platform.ts";
+export {
+  checkMirrorUrl,
+  defaultConfigPath,
+  loadMirrors,
+  mirrorsFor,
+  parseMirrorConfig,
+  parseMirrorList,
+} from "./mirror_config.ts";
+export type { LoadMirrorsOptions, MirrorMap, MirrorSource } from "./mirror_config.ts";
+export { MIRROR_RETRY, SourceSet } from "./mirror.ts";
+export type { Source, SourceSetOptions } from "./mirror.ts";
 export { manifestBlobs, MediaType, parseManifest } from "./manifest.ts";
 export type { Descriptor, ImageManifest, IndexManifest, Platform } from "./manifest.ts";
 export { checkDigest, isDigest, sha256Digest } from "./digest.ts";

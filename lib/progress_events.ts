@@ -26,6 +26,8 @@ export type ProgressEvent =
   /** Ollama's "writing manifest" / "pushing manifest". */
   | { type: "manifest-write"; op: "pull" | "push" }
   /** Ollama's "success". */
-  | { type: "success"; ref: string };
+  | { type: "success"; ref: string }
+  /** Something the user should know that did not stop the transfer (a mirror fell over). */
+  | { type: "warning"; message: string };
 
 export type OnProgress = (event: ProgressEvent) => void;

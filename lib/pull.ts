@@ -1,30 +1,68 @@
 /**
- * Manifest-level pull into Ollama's store: resolve each reference, fetch every
- * blob (shared between references, once), then write each manifest last.
+ * Manifest-level pull: resolve each reference (picking a platform from an index, or keeping
+ * the whole index), fetch every blob (shared between references, once; from mirrors first
+ * when configured), then write each manifest last, into Ollama's store or an OCI image
+ * layout.
  */
-import { DEFAULT_TUNING, download, type TransferTuning } from "./download.ts";
+import { DEFAULT_TUNING, download, type DownloadResult, type TransferTuning } from "./download.ts";
 import { Semaphore } from "./pool.ts";
 import { RateLimiter } from "./rate_limit.ts";
-import { ManifestError, UsageError } from "./errors.ts";
+import {
+  HaulError,
+  IntegrityError,
+  InterruptedError,
+  ManifestError,
+  UsageError,
+} from "./errors.ts";
 import {
   type Descriptor,
   type ImageManifest,
+  type IndexManifest,
   manifestBlobs,
   parseManifest,
   type Platform,
 } from "./manifest.ts";
+import { type MirrorMap, mirrorsFor } from "./mirror_config.ts";
+import { type Source, SourceSet } from "./mirror.ts";
+import { availablePlatforms, formatPlatform, selectManifest } from "./platform.ts";
 import type { OnProgress } from "./progress_events.ts";
 import { formatReference, parseReference, type Reference } from "./reference.ts";
-import { type ConnectionOptions, createSession, type Session } from "./session.ts";
+import type { ConnectionOptions } from "./session.ts";
 import { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
+import { ociBlobFileName, OciLayout } from "./store_oci.ts";
 
 export interface PullOptions extends ConnectionOptions, TransferTuning {
   /** Store root. @default $OLLAMA_MODELS or ~/.ollama/models */
   modelsDir?: string;
+  /**
+   * Write an OCI image layout in this directory instead of Ollama's store: blobs (manifests
+   * included) under `blobs/sha256/<hex>`, one `index.json` entry per reference, named by its
+   * tag (`org.opencontainers.image.ref.name`). Other images in the layout are kept.
+   * @default undefined (Ollama's store)
+   */
+  ociLayout?: string;
   /** Allow plain http (Ollama's `--insecure`). @default false */
   insecure?: boolean;
   /** Platform to pick from an index. @default the running machine's */
   platform?: Platform;
+  /**
+   * Keep a whole image index (every platform's manifest and blobs) instead of picking one
+   * platform. Needs `ociLayout`: Ollama's store holds one manifest per name. @default false
+   */
+  allPlatforms?: boolean;
+  /**
+   * Mirrors per registry host (`host[:port]`, or `*` for every host), each
+   * `scheme://host[:port]`, tried in order before the origin (see lib/mirror.ts). Store
+   * paths and index.json names always use the origin's name. @default no mirrors
+   */
+  mirrors?: MirrorMap;
+  /**
+   * Most seconds to wait for a mirror that is still fetching a large blob for itself (a
+   * pull-through cache answering Range with 200) before reading it from there as one
+   * stream; see {@link SourceSet.awaitCached}. @default max(30, blob size / 20 MB/s);
+   * 0: never wait
+   */
+  mirrorFillWait?: number;
   onEvent?: OnProgress;
   signal?: AbortSignal;
 }
@@ -32,9 +70,16 @@ export interface PullOptions extends ConnectionOptions, TransferTuning {
 export interface PullResult {
   ref: Reference;
   name: string;
+  /** Digest of what the name now points at (the index itself with `allPlatforms`). */
   manifestDigest: string;
+  /** Media type of that manifest or index. */
+  mediaType: string;
+  /** Ollama's store: the manifest file. OCI layout: the manifest's blob file. */
   manifestPath: string;
+  /** Every blob the manifest (or, with `allPlatforms`, every manifest of the index) references. */
   blobs: Descriptor[];
+  /** The platform picked from an index; undefined for a plain manifest or a whole index. */
+  platform?: Platform;
   /** Bytes received over the network for this pull (all references together). */
   transferred: number;
 }
@@ -67,40 +112,71 @@ export function resolveReference(input: string, insecure = false): Reference {
   return ref;
 }
 
-interface Resolved {
-  ref: Reference;
-  session: Session;
+/** A manifest or index document as fetched: bytes kept unchanged. */
+interface Doc {
   bytes: Uint8Array;
   digest: string;
-  manifest: ImageManifest;
+  mediaType: string;
 }
 
-function platformMatches(p: Platform | undefined, want: Platform): boolean {
-  return !!p && p.os === want.os && p.architecture === want.architecture &&
-    (!want.variant || p.variant === want.variant);
+interface Resolved {
+  ref: Reference;
+  sources: SourceSet;
+  /** What the name points at: a manifest, or the index with allPlatforms. */
+  top: Doc;
+  /** Every manifest or index document to store as a blob (OCI layout), top included. */
+  docs: Doc[];
+  /** Image manifests whose blobs are needed. */
+  images: ImageManifest[];
+  platform?: Platform;
 }
 
-/** Pulls one or more references into the store. */
+/** Nesting allowed for indexes inside indexes (`allPlatforms`). */
+const MAX_INDEX_DEPTH = 4;
+
+/** Pulls one or more references into the store (or an OCI layout). */
 export async function pull(
   refs: string | string[],
   options: PullOptions = {},
 ): Promise<PullResult[]> {
   const list = Array.isArray(refs) ? refs : [refs];
   if (!list.length) throw new UsageError("Nothing to pull: give at least one reference");
+  if (options.ociLayout !== undefined && options.modelsDir !== undefined) {
+    throw new UsageError("Choose Ollama's store (modelsDir) or an OCI layout, not both");
+  }
+  if (options.allPlatforms && options.ociLayout === undefined) {
+    throw new UsageError(
+      "--all-platforms needs --oci DIR: Ollama's store keeps one manifest per model name and " +
+        "Ollama cannot read an image index; pick one platform with --platform OS/ARCH instead",
+    );
+  }
+  if (options.mirrorFillWait !== undefined && !(options.mirrorFillWait >= 0)) {
+    throw new RangeError(`mirrorFillWait must be 0 or more seconds, got ${options.mirrorFillWait}`);
+  }
   const parsed = list.map((r) => resolveReference(r, options.insecure));
-  const store = new OllamaStore(options.modelsDir ?? defaultModelsDir());
+  const layout = options.ociLayout !== undefined ? new OciLayout(options.ociLayout) : undefined;
+  const store = layout ? undefined : new OllamaStore(options.modelsDir ?? defaultModelsDir());
   // Validate store paths before touching the network or the disk.
-  for (const ref of parsed) store.manifestPath(ref);
-  await store.ensureDirs();
+  if (store) {
+    for (const ref of parsed) store.manifestPath(ref);
+    await store.ensureDirs();
+  } else await layout!.init();
   const emit = options.onEvent ?? (() => {});
-  const sessions = new Map<string, Session>();
-  const sessionFor = (ref: Reference) => {
+  const down = new Map<string, string>();
+  // One set of sources (mirrors, then the origin) per repository: tokens are per repository.
+  const sets = new Map<string, SourceSet>();
+  const sourcesFor = (ref: Reference) => {
     const base = `${ref.scheme}://${ref.host}`;
     const key = `${base} ${ref.repository}`;
-    let s = sessions.get(key);
+    let s = sets.get(key);
     if (!s) {
-      s = createSession(base, [`repository:${ref.repository}:pull`], options);
-      sessions.set(key, s);
+      s = new SourceSet(base, ref.repository, {
+        ...options,
+        mirrors: mirrorsFor(options.mirrors, ref.host, base),
+        down,
+        onEvent: emit,
+      });
+      sets.set(key, s);
     }
     return s;
   };
@@ -108,35 +184,7 @@ export async function pull(
   const resolved: Resolved[] = [];
   for (const ref of parsed) {
     emit({ type: "manifest", ref: formatReference(ref) });
-    const session = sessionFor(ref);
-    let got = await session.client.getManifest(ref.repository, ref.digest ?? ref.tag ?? "latest", {
-      signal: options.signal,
-    });
-    let doc = parseManifest(got.bytes, got.mediaType);
-    if (doc.kind === "index") {
-      const want = options.platform ?? currentPlatform();
-      const pick = doc.manifests.find((m) => platformMatches(m.platform, want));
-      if (!pick) {
-        const avail = doc.manifests.map((m) =>
-          m.platform
-            ? `${m.platform.os}/${m.platform.architecture}${
-              m.platform.variant ? "/" + m.platform.variant : ""
-            }`
-            : "?"
-        );
-        throw new ManifestError(
-          `${
-            formatReference(ref)
-          } has no manifest for ${want.os}/${want.architecture}; available: ${avail.join(", ")}`,
-        );
-      }
-      got = await session.client.getManifest(ref.repository, pick.digest, {
-        signal: options.signal,
-      });
-      doc = parseManifest(got.bytes, got.mediaType);
-      if (doc.kind !== "manifest") throw new ManifestError("An index points to another index");
-    }
-    resolved.push({ ref, session, bytes: got.bytes, digest: got.digest, manifest: doc });
+    resolved.push(await resolve(ref, sourcesFor(ref), options));
   }
 
   // Blobs per repository (blob URLs are per repository); a blob shared by two
@@ -146,7 +194,7 @@ export async function pull(
   for (const r of resolved) {
     const key = `${r.ref.scheme}://${r.ref.host}/${r.ref.repository}`;
     const g = groups.get(key) ?? { r, blobs: [] };
-    for (const b of manifestBlobs(r.manifest)) {
+    for (const b of imageBlobs(r.images)) {
       if (claimed.has(b.digest)) continue;
       claimed.add(b.digest);
       g.blobs.push(b);
@@ -159,35 +207,206 @@ export async function pull(
     slots: new Semaphore(options.concurrency ?? DEFAULT_TUNING.concurrency),
     limiter: options.limitRate ? new RateLimiter(options.limitRate) : undefined,
   };
+  const target = layout
+    ? { destDir: layout.blobsDir, fileName: ociBlobFileName }
+    : { destDir: store!.blobsDir };
+  const present = (b: Descriptor) =>
+    layout ? layout.hasBlob(b.digest, b.size) : store!.hasBlob(b.digest, b.size);
+  const singleStreamMax = options.singleStreamMax ?? DEFAULT_TUNING.singleStreamMax;
   await Promise.all([...groups.values()].map(async ({ r, blobs }) => {
-    const res = await download({
-      shared,
-      ...options,
+    const from = (source: Source, items: Descriptor[], signal?: AbortSignal) =>
+      download({
+        shared,
+        ...options,
+        ...target,
+        blobs: items,
+        baseUrl: source.base,
+        repository: r.ref.repository,
+        session: source.session,
+        retry: r.sources.retryFor(source),
+        onEvent: emit,
+        signal,
+      });
+    if (!r.sources.mirrors.length) {
+      transferred += (await from(r.sources.origin, blobs, options.signal)).transferred;
+      return;
+    }
+    // With mirrors, each blob on its own: one may come from a mirror, the next from the origin.
+    transferred += await eachBlob(
       blobs,
-      baseUrl: `${r.ref.scheme}://${r.ref.host}`,
-      repository: r.ref.repository,
-      destDir: store.blobsDir,
-      session: r.session,
-      onEvent: emit,
-      signal: options.signal,
-    });
-    transferred += res.transferred;
+      options.signal,
+      (b, signal) =>
+        r.sources.tryEach(`blob ${b.digest}`, async (source) => {
+          if (source.mirror && b.size > singleStreamMax && !(await present(b))) {
+            emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: 0 });
+            const wait = options.mirrorFillWait ?? Math.max(30, b.size / 20e6);
+            if (wait > 0) await r.sources.awaitCached(source, b.digest, wait * 1000, signal);
+          }
+          return await from(source, [b], signal);
+        }, signal),
+    );
   }));
 
   const results: PullResult[] = [];
   emit({ type: "verify" });
   for (const r of resolved) {
     emit({ type: "manifest-write", op: "pull" });
-    const manifestPath = await store.writeManifest(r.ref, r.bytes);
+    let manifestPath: string;
+    if (layout) {
+      for (const d of r.docs) await layout.writeBlob(d.digest, d.bytes);
+      manifestPath = layout.blobPath(r.top.digest);
+      await layout.addManifest(
+        {
+          mediaType: r.top.mediaType,
+          digest: r.top.digest,
+          size: r.top.bytes.byteLength,
+          platform: r.platform,
+        },
+        r.ref.tag,
+        options.signal,
+      );
+    } else {
+      manifestPath = await store!.writeManifest(r.ref, r.top.bytes);
+    }
     emit({ type: "success", ref: formatReference(r.ref) });
     results.push({
       ref: r.ref,
       name: formatReference(r.ref),
-      manifestDigest: r.digest,
+      manifestDigest: r.top.digest,
+      mediaType: r.top.mediaType,
       manifestPath,
-      blobs: manifestBlobs(r.manifest),
+      blobs: imageBlobs(r.images),
+      ...(r.platform ? { platform: r.platform } : {}),
       transferred,
     });
   }
   return results;
+}
+
+/** Distinct blobs of several manifests, config first within each, in order. */
+function imageBlobs(images: ImageManifest[]): Descriptor[] {
+  const seen = new Set<string>();
+  const out: Descriptor[] = [];
+  for (const m of images) {
+    for (const b of manifestBlobs(m)) {
+      if (seen.has(b.digest)) continue;
+      seen.add(b.digest);
+      out.push(b);
+    }
+  }
+  return out;
+}
+
+/**
+ * Runs `one` for every blob concurrently (the shared pool bounds connections); the first
+ * failure cancels the rest. Returns the bytes transferred.
+ */
+async function eachBlob(
+  blobs: Descriptor[],
+  outer: AbortSignal | undefined,
+  one: (b: Descriptor, signal: AbortSignal) => Promise<DownloadResult>,
+): Promise<number> {
+  const abort = new AbortController();
+  const onOuter = () => abort.abort(new InterruptedError());
+  outer?.addEventListener("abort", onOuter, { once: true });
+  if (outer?.aborted) onOuter();
+  let firstError: unknown;
+  let transferred = 0;
+  try {
+    await Promise.all(blobs.map((b) =>
+      one(b, abort.signal).then((res) => {
+        transferred += res.transferred;
+      }, (err) => {
+        if (firstError === undefined) {
+          firstError = err;
+          abort.abort(err);
+        }
+      })
+    ));
+  } finally {
+    outer?.removeEventListener("abort", onOuter);
+  }
+  if (firstError !== undefined) {
+    if (outer?.aborted && !(firstError instanceof HaulError)) throw new InterruptedError();
+    throw firstError;
+  }
+  return transferred;
+}
+
+/** Fetches a reference's manifest; from an index, one platform's manifest or all of them. */
+async function resolve(
+  ref: Reference,
+  sources: SourceSet,
+  options: PullOptions,
+): Promise<Resolved> {
+  const signal = options.signal;
+  const got = await sources.manifest(ref.digest ?? ref.tag ?? "latest", signal);
+  const doc = parseManifest(got.bytes, got.mediaType);
+  const top: Doc = { bytes: got.bytes, digest: got.digest, mediaType: doc.mediaType };
+  if (doc.kind === "manifest") return { ref, sources, top, docs: [top], images: [doc] };
+  if (options.allPlatforms) {
+    const docs: Doc[] = [top];
+    const images: ImageManifest[] = [];
+    await collectIndex(doc, sources, docs, images, 1, signal);
+    return { ref, sources, top, docs, images };
+  }
+  const want = options.platform ?? currentPlatform();
+  const pick = selectManifest(doc, want);
+  if (!pick) {
+    throw new ManifestError(
+      `${formatReference(ref)} has no manifest for ${formatPlatform(want)}; available: ${
+        availablePlatforms(doc).join(", ")
+      } (choose one with --platform OS/ARCH[/VARIANT])`,
+    );
+  }
+  const child = await fetchChild(pick, sources, signal);
+  if (child.doc.kind !== "manifest") {
+    throw new ManifestError(`The ${formatPlatform(want)} entry of an index is another index`);
+  }
+  return {
+    ref,
+    sources,
+    top: child.raw,
+    docs: [child.raw],
+    images: [child.doc],
+    ...(pick.platform ? { platform: pick.platform } : {}),
+  };
+}
+
+/** Fetches an index entry by digest and checks it against the entry's size. */
+async function fetchChild(
+  entry: Descriptor,
+  sources: SourceSet,
+  signal?: AbortSignal,
+): Promise<{ raw: Doc; doc: ImageManifest | IndexManifest }> {
+  const got = await sources.manifestByDigest(entry.digest, signal);
+  if (got.bytes.byteLength !== entry.size) {
+    throw new IntegrityError(
+      `Manifest ${entry.digest} is ${got.bytes.byteLength} bytes, the index says ${entry.size}`,
+    );
+  }
+  const doc = parseManifest(got.bytes, entry.mediaType || got.mediaType);
+  return { raw: { bytes: got.bytes, digest: got.digest, mediaType: doc.mediaType }, doc };
+}
+
+/** Every manifest an index lists (recursively), for `allPlatforms`. */
+async function collectIndex(
+  index: IndexManifest,
+  sources: SourceSet,
+  docs: Doc[],
+  images: ImageManifest[],
+  depth: number,
+  signal?: AbortSignal,
+): Promise<void> {
+  if (depth > MAX_INDEX_DEPTH) {
+    throw new ManifestError(`Indexes nest deeper than ${MAX_INDEX_DEPTH} levels`);
+  }
+  const seen = new Set(docs.map((d) => d.digest));
+  const entries = index.manifests.filter((m) => !seen.has(m.digest) && seen.add(m.digest));
+  const children = await Promise.all(entries.map((m) => fetchChild(m, sources, signal)));
+  for (const c of children) {
+    docs.push(c.raw);
+    if (c.doc.kind === "manifest") images.push(c.doc);
+    else await collectIndex(c.doc, sources, docs, images, depth + 1, signal);
+  }
 }

@@ -64,8 +64,12 @@ export function isTransientError(err: unknown): boolean {
   if ((err as { name?: string })?.name === "AbortError") return false;
   if ((err as { name?: string })?.name === "InterruptedError") return false;
   // A certificate problem will not go away by asking again.
-  const text = `${(err as Error)?.message ?? ""} ${String((err as { cause?: unknown })?.cause ?? "")}`;
-  if (/certificate|UnknownIssuer|self.signed|CERT_|x509|tls handshake|InvalidCertificate/i.test(text)) {
+  const text = `${(err as Error)?.message ?? ""} ${
+    String((err as { cause?: unknown })?.cause ?? "")
+  }`;
+  if (
+    /certificate|UnknownIssuer|self.signed|CERT_|x509|tls handshake|InvalidCertificate/i.test(text)
+  ) {
     return false;
   }
   // fetch rejects with TypeError on network failure in every runtime; body reads

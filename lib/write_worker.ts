@@ -18,7 +18,9 @@ interface DenoFile {
   close(): void;
 }
 // deno-lint-ignore no-explicit-any
-const D = (globalThis as any).Deno as { openSync(p: string, o: { write: boolean }): DenoFile } | undefined;
+const D = (globalThis as any).Deno as
+  | { openSync(p: string, o: { write: boolean }): DenoFile }
+  | undefined;
 const useDeno = typeof D?.openSync === "function" && !("Bun" in globalThis);
 
 const files = new Map<string, DenoFile | number>();
@@ -59,6 +61,9 @@ scope.onmessage = (e: MessageEvent<Msg>) => {
     scope.postMessage({ id: m.id, buf: m.buf }, [m.buf]);
   } catch (err) {
     const code = (err as { code?: string }).code;
-    scope.postMessage({ id: m.id, buf: m.buf, error: String((err as Error)?.message ?? err), code }, [m.buf]);
+    scope.postMessage(
+      { id: m.id, buf: m.buf, error: String((err as Error)?.message ?? err), code },
+      [m.buf],
+    );
   }
 };

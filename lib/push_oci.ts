@@ -1,0 +1,135 @@
+/**
+ * Push from an OCI image layout (what `haul pull --oci`, skopeo and oras write): the entry of
+ * index.json named by REF's tag (or digest), its blobs first through {@link upload} (read
+ * from `blobs/sha256/<hex>`), then the manifest bytes unchanged, so the destination serves
+ * the same digest. An index goes up after every manifest it lists, each by digest.
+ * Reached through `push(ref, dest, { ociLayout })` (lib/push.ts).
+ */
+import type { Blob } from "./download.ts";
+import { IntegrityError, ManifestError, UsageError } from "./errors.ts";
+import {
+  type Descriptor,
+  type ImageManifest,
+  type IndexManifest,
+  manifestBlobs,
+  parseManifest,
+} from "./manifest.ts";
+import type { PushOptions, PushResult } from "./push.ts";
+import { formatReference, type Reference } from "./reference.ts";
+import { createSession } from "./session.ts";
+import { OciLayout } from "./store_oci.ts";
+import { putManifest, upload } from "./upload.ts";
+
+interface LayoutDoc {
+  digest: string;
+  bytes: Uint8Array;
+  mediaType: string;
+  doc: ImageManifest | IndexManifest;
+}
+
+/**
+ * Pushes the image `source` names in the layout at `options.ociLayout` to `target`.
+ * @throws {NotFoundError} when the layout has no such entry (the message lists its names)
+ *   or lacks a blob.
+ */
+export async function pushFromLayout(
+  source: Reference,
+  target: Reference,
+  options: PushOptions & { ociLayout: string },
+): Promise<PushResult> {
+  const layout = new OciLayout(options.ociLayout);
+  await layout.open();
+  const entry = await layout.find(
+    source.tag !== undefined ? { refName: source.tag } : { digest: source.digest },
+  );
+  const digest = entry.descriptor.digest;
+  if (source.digest !== undefined && source.digest !== digest) {
+    throw new UsageError(
+      `${formatReference(source)} pins ${source.digest}, the layout's "${source.tag}" is ${digest}`,
+    );
+  }
+  if (target.digest !== undefined && target.digest !== digest) {
+    throw new UsageError(
+      `${formatReference(target)} pins ${target.digest}, the image is ${digest}`,
+    );
+  }
+  const top = await readDoc(layout, entry.descriptor);
+  // Manifests an index lists go up first, by digest; nested indexes are refused as copy does.
+  const children: LayoutDoc[] = [];
+  if (top.doc.kind === "index") {
+    const seen = new Set<string>();
+    for (const m of top.doc.manifests) {
+      if (seen.has(m.digest)) continue;
+      seen.add(m.digest);
+      const child = await readDoc(layout, m);
+      if (child.doc.kind !== "manifest") throw new ManifestError("An index lists another index");
+      children.push(child);
+    }
+  }
+  const images = top.doc.kind === "manifest"
+    ? [top.doc]
+    : children.map((c) => c.doc as ImageManifest);
+  const seen = new Set<string>();
+  const blobs: Descriptor[] = [];
+  for (const m of images) {
+    for (const b of manifestBlobs(m)) {
+      if (seen.has(b.digest)) continue;
+      seen.add(b.digest);
+      blobs.push(b);
+    }
+  }
+  // Every blob must be in the layout before anything goes over the network.
+  await Promise.all(blobs.map(async (b) => await (await layout.openBlob(b)).close()));
+
+  const base = `${target.scheme}://${target.host}`;
+  const session = createSession(base, [`repository:${target.repository}:pull,push`], options);
+  const manifestRef = target.tag ?? digest;
+  const from = options.from;
+  const res = await upload({
+    ...options,
+    blobs: blobs.map((b): Blob => from ? { digest: b.digest, size: b.size, from } : b),
+    baseUrl: base,
+    repository: target.repository,
+    open: (b) => layout.openBlob(b),
+    // Upload state files would be foreign files in the layout: resume within this run only.
+    stateDir: null,
+    session,
+    ...(top.doc.kind === "manifest"
+      ? { manifest: top.bytes, manifestRef, manifestMediaType: top.mediaType }
+      : {}),
+  });
+  if (top.doc.kind === "index") {
+    options.onEvent?.({ type: "manifest-write", op: "push" });
+    for (const c of children) {
+      await putManifest(session, target.repository, c.digest, c.bytes, {
+        mediaType: c.mediaType,
+        signal: options.signal,
+      });
+    }
+    res.manifestDigest = await putManifest(session, target.repository, manifestRef, top.bytes, {
+      mediaType: top.mediaType,
+      signal: options.signal,
+    });
+  }
+  options.onEvent?.({ type: "success", ref: formatReference(target) });
+  return {
+    ...res,
+    source,
+    dest: target,
+    name: formatReference(target),
+    manifestDigest: res.manifestDigest ?? digest,
+    blobs,
+  };
+}
+
+/** Reads a manifest or index blob (digest checked) and checks it against its descriptor. */
+async function readDoc(layout: OciLayout, d: Descriptor): Promise<LayoutDoc> {
+  const bytes = await layout.readBlob(d.digest);
+  if (bytes.byteLength !== d.size) {
+    throw new IntegrityError(
+      `Manifest ${d.digest} in ${layout.root} is ${bytes.byteLength} bytes, its descriptor says ${d.size}`,
+    );
+  }
+  const doc = parseManifest(bytes, d.mediaType);
+  return { digest: d.digest, bytes, mediaType: doc.mediaType, doc };
+}
