@@ -230,8 +230,23 @@ async function loadState(job: BlobJob): Promise<State | undefined> {
 async function saveState(job: BlobJob, st: State): Promise<void> {
   const p = statePath(job);
   const tmp = `${p}.${process.pid}.tmp`;
-  await writeFile(tmp, JSON.stringify(st));
-  await rename(tmp, p);
+  const json = JSON.stringify(st);
+  try {
+    await writeFile(tmp, json);
+    await rename(tmp, p);
+  } catch (err) {
+    // A full disk has no room for a new file: rewrite the existing one in place,
+    // so what is on disk stays resumable (a torn write is rejected on load).
+    await rm(tmp, { force: true }).catch(() => {});
+    const fh = await open(p, "r+").catch(() => undefined);
+    if (!fh) throw err;
+    try {
+      await fh.write(json, 0);
+      await fh.truncate(new TextEncoder().encode(json).byteLength);
+    } finally {
+      await fh.close();
+    }
+  }
 }
 
 async function discardPartial(job: BlobJob): Promise<void> {
@@ -467,7 +482,9 @@ async function downloadLargeOnce(
         } else if (verdict.stall) stalls++;
         else failures++;
         if (verdict.fatal) throw verdict.fatal;
-        if (failures > tuning.retry.maxRetries) throw verdict.exhausted;
+        if (failures > tuning.retry.maxRetries) {
+          throw verdict.exhausted ?? new NetworkError(`Blob ${job.digest} failed: ${verdict.reason}`);
+        }
         if (stalls > tuning.maxStalls) {
           throw new NetworkError(
             `Blob ${job.digest} stalled ${stalls} times (no data for ${
@@ -625,17 +642,20 @@ async function runAttempt(
   if (ranged) headers.set("range", `bytes=${start}-${end - 1}`);
   let received = 0;
   let lastByte = Date.now();
-  const t0 = Date.now();
+  // The clocks start when headers arrive: the wait for them (retry backoff,
+  // Retry-After, a slow origin) is bounded by the transport's header timeout.
+  let headersAt = 0;
   let cut: AttemptCut | undefined;
   const timer = setInterval(() => {
     const now = Date.now();
+    if (!headersAt) return;
     if (now - lastByte >= tuning.stallTimeoutMs) {
       cut = new AttemptCut("stall", `no data for ${tuning.stallTimeoutMs / 1000} s`);
       ac.abort(cut);
       return;
     }
     const median = hooks.speeds?.median();
-    const elapsed = now - t0;
+    const elapsed = now - headersAt;
     if (median && elapsed > 5000 && received / elapsed < median * 0.1) {
       cut = new AttemptCut("slow", `part is under 10% of the median speed`);
       ac.abort(cut);
@@ -673,7 +693,7 @@ async function runAttempt(
     } catch (err) {
       throw cut ?? err;
     }
-    lastByte = Date.now();
+    lastByte = headersAt = Date.now();
     let limit = end; // absolute end (exclusive) of what to take from this body
     if (res.status === 206) {
       const cr = res.headers.get("content-range") ?? "";
@@ -812,7 +832,13 @@ function classify(err: unknown, ctx: BlobContext, failures: number, stalls: numb
     return { stall: false, reason: "interrupted", fatal: new InterruptedError() };
   }
   if (err instanceof AttemptCut) {
-    const v: Verdict = { stall: err.kind === "stall", reason: err.message };
+    const v: Verdict = {
+      stall: err.kind === "stall",
+      reason: err.message,
+      exhausted: new NetworkError(
+        `A part of the blob stayed under 10% of the median part speed after ${failures + 1} tries`,
+      ),
+    };
     if (err.kind === "stall" && stalls + 1 > ctx.tuning.maxStalls) {
       v.fatal = new NetworkError(
         `Download stalled ${stalls + 1} times (no data for ${
@@ -826,11 +852,9 @@ function classify(err: unknown, ctx: BlobContext, failures: number, stalls: numb
     return { stall: false, reason: err.message, fatal: err };
   }
   if (err instanceof RegistryError) {
-    const retryable = err.status >= 500 || err.status === 429 || err.status === 408;
-    if (!retryable || failures + 1 > ctx.tuning.retry.maxRetries) {
-      return { stall: false, reason: err.message, fatal: err };
-    }
-    return { stall: false, reason: err.message, exhausted: err };
+    // The transport already retried retryable statuses (honouring Retry-After)
+    // as often as the policy allows: another round here would square the count.
+    return { stall: false, reason: err.message, fatal: err };
   }
   const message = (err as Error)?.message ?? String(err);
   const exhausted = err instanceof HaulError

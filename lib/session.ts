@@ -30,6 +30,8 @@ export interface ConnectionOptions {
   credential?: Credential | null;
   /** Extra CA certificates (PEM). */
   caCerts?: string[];
+  /** Skip TLS certificate checks (Bun only; see transport.ts). @default false */
+  insecureTls?: boolean;
   /** Retry policy for requests and parts. */
   retry?: Partial<RetryPolicy>;
   /** Replaces the runtime's fetch at the bottom of the stack (tests, proxies). */
@@ -53,8 +55,11 @@ export function createSession(
   options: ConnectionOptions = {},
 ): Session {
   const host = new URL(baseUrl).host;
-  const bottom = options.fetch ?? baseFetch({ caCerts: options.caCerts });
-  const timed = withHeaderTimeout(bottom, (options.requestTimeout ?? 30) * 1000);
+  const bottom = options.fetch ?? baseFetch({ caCerts: options.caCerts, insecureTls: options.insecureTls });
+  // Headers must come within the request timeout; transfers pass their stall
+  // timeout, so a server that never answers is noticed as fast as one that stops.
+  const stall = (options as { stallTimeout?: number }).stallTimeout;
+  const timed = withHeaderTimeout(bottom, (options.requestTimeout ?? stall ?? 30) * 1000);
   const retried = withRetry(timed, { ...options.retry, onRetry: options.onRetry });
   const userAgent = options.userAgent ?? `haul/${VERSION}`;
   const tokenFetch = withUserAgent(withRedirects(retried), userAgent);
