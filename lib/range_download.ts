@@ -483,7 +483,8 @@ async function downloadLargeOnce(
         else failures++;
         if (verdict.fatal) throw verdict.fatal;
         if (failures > tuning.retry.maxRetries) {
-          throw verdict.exhausted ?? new NetworkError(`Blob ${job.digest} failed: ${verdict.reason}`);
+          throw verdict.exhausted ??
+            new NetworkError(`Blob ${job.digest} failed: ${verdict.reason}`);
         }
         if (stalls > tuning.maxStalls) {
           throw new NetworkError(

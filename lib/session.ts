@@ -55,7 +55,8 @@ export function createSession(
   options: ConnectionOptions = {},
 ): Session {
   const host = new URL(baseUrl).host;
-  const bottom = options.fetch ?? baseFetch({ caCerts: options.caCerts, insecureTls: options.insecureTls });
+  const bottom = options.fetch ??
+    baseFetch({ caCerts: options.caCerts, insecureTls: options.insecureTls });
   // Headers must come within the request timeout; transfers pass their stall
   // timeout, so a server that never answers is noticed as fast as one that stops.
   const stall = (options as { stallTimeout?: number }).stallTimeout;

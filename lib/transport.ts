@@ -24,6 +24,11 @@ export type Fetch = (req: Request) => Promise<Response>;
 export interface BaseFetchOptions {
   /** Extra CA certificates (PEM) to trust. */
   caCerts?: string[];
+  /**
+   * Skip certificate verification (`--insecure` with an https registry). Bun only:
+   * Deno's fetch cannot skip it per client, so there it stays on. @default false
+   */
+  insecureTls?: boolean;
 }
 
 /** The runtime's fetch, never following redirects itself. */
@@ -37,6 +42,7 @@ export function baseFetch(options: BaseFetchOptions = {}): Fetch {
       extra = { client: g.Deno.createHttpClient({ caCerts: options.caCerts }) };
     } else if (g.Bun) extra = { tls: { ca: options.caCerts } };
   }
+  if (options.insecureTls && g.Bun) extra = { tls: { ...extra.tls, rejectUnauthorized: false } };
   return (req) => fetch(req, { redirect: "manual", ...extra });
 }
 
@@ -106,7 +112,7 @@ export function withRetry(next: Fetch, options: RetryOptions = {}): Fetch {
         if (attempt >= policy.maxRetries) {
           throw new NetworkError(
             `${req.method} ${redactUrl(req.url)} failed after ${attempt + 1} attempts: ${
-              (err as Error).message
+              describeError(err)
             }`,
             { cause: err },
           );
@@ -189,6 +195,14 @@ export function finalUrl(res: Response, requested: string): string {
 export function isLoopback(u: URL): boolean {
   const h = u.hostname;
   return h === "localhost" || h.startsWith("127.") || h === "[::1]" || h === "::1";
+}
+
+/** An error's message with its cause's, which is where fetch puts the reason. */
+export function describeError(err: unknown): string {
+  const msg = (err as Error)?.message ?? String(err);
+  const cause = (err as { cause?: { message?: string; code?: string } })?.cause;
+  const why = cause?.message ?? cause?.code;
+  return why && !msg.includes(why) ? `${msg} (${why})` : msg;
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import process from "node:process";
-import { download, InterruptedError, IntegrityError, pull } from "../lib/mod.ts";
+import { download, IntegrityError, InterruptedError, pull } from "../lib/mod.ts";
 import { makeOllamaModel, pushFixture, sha256File, startRegistry, tmpDir } from "./harness.ts";
 import { startFaultProxy } from "./fault_proxy.ts";
 
@@ -31,11 +31,19 @@ Deno.test("download() fetches blobs in parallel with inline and worker hashing, 
       assert.equal(res.transferred, total);
       assert.deepEqual(seen.at(-1), [total, total]);
       for (const b of fx.blobs) {
-        assert.equal(`sha256:${await sha256File(path.join(dirs[i], b.digest.replace(":", "-")))}`, b.digest);
+        assert.equal(
+          `sha256:${await sha256File(path.join(dirs[i], b.digest.replace(":", "-")))}`,
+          b.digest,
+        );
       }
     }
     // Everything present: nothing moves.
-    const again = await download({ blobs: fx.blobs, baseUrl: reg.url, repository: "lib/api", destDir: dirs[0] });
+    const again = await download({
+      blobs: fx.blobs,
+      baseUrl: reg.url,
+      repository: "lib/api",
+      destDir: dirs[0],
+    });
     assert.deepEqual(again, { transferred: 0, skipped: fx.blobs.length, fetched: 0 });
   } finally {
     await reg.stop();
@@ -49,12 +57,21 @@ Deno.test("download() refuses a blob whose bytes do not match its digest and nev
   const reg = await startRegistry();
   const dir = await tmpDir("haul-dl");
   // Every blob response has one byte flipped, on every attempt.
-  const proxy = await startFaultProxy(reg.url, { rule: (r) => r.url.includes("/blobs/") && r.method === "GET" ? { flipByteAt: 5 } : undefined });
+  const proxy = await startFaultProxy(reg.url, {
+    rule: (r) => r.url.includes("/blobs/") && r.method === "GET" ? { flipByteAt: 5 } : undefined,
+  });
   try {
     await pushFixture(reg, "lib/bad", "v1", fx);
     for (const b of fx.blobs.slice(1)) {
       await assert.rejects(
-        download({ blobs: [b], baseUrl: proxy.url, repository: "lib/bad", destDir: dir, partSize: 4 * MiB, retry: { baseDelayMs: 1 } }),
+        download({
+          blobs: [b],
+          baseUrl: proxy.url,
+          repository: "lib/bad",
+          destDir: dir,
+          partSize: 4 * MiB,
+          retry: { baseDelayMs: 1 },
+        }),
         IntegrityError,
       );
       const names = await fsp.readdir(dir);
@@ -73,20 +90,29 @@ Deno.test("pull() stops promptly on abort with InterruptedError, keeping resumab
   const fx = makeOllamaModel({ layerSizes: [100, 100 * MiB], seed: 23 });
   const reg = await startRegistry();
   const models = await tmpDir("haul-models");
-  const proxy = await startFaultProxy(reg.url, { rule: (r) => r.url.includes("/blobs/") ? { rateBytesPerSec: 2e6 } : undefined });
+  const proxy = await startFaultProxy(reg.url, {
+    rule: (r) => r.url.includes("/blobs/") ? { rateBytesPerSec: 2e6 } : undefined,
+  });
   try {
     await pushFixture(reg, "library/abort", "latest", fx);
     const ac = new AbortController();
     setTimeout(() => ac.abort(), 2500);
     const t0 = Date.now();
     await assert.rejects(
-      pull(`${proxy.host}/library/abort`, { insecure: true, modelsDir: models, signal: ac.signal, partSize: 8 * MiB }),
+      pull(`${proxy.host}/library/abort`, {
+        insecure: true,
+        modelsDir: models,
+        signal: ac.signal,
+        partSize: 8 * MiB,
+      }),
       InterruptedError,
     );
     assert.ok(Date.now() - t0 < 5000, "prompt");
     const names = await fsp.readdir(path.join(models, "blobs"));
     assert.ok(names.some((n) => n.endsWith("-partial.json")), "state kept for resume");
-    await assert.rejects(fsp.stat(path.join(models, "manifests", proxy.host, "library", "abort", "latest")));
+    await assert.rejects(
+      fsp.stat(path.join(models, "manifests", proxy.host, "library", "abort", "latest")),
+    );
     const [res] = await pull(`${reg.host}/library/abort`, { insecure: true, modelsDir: models });
     assert.equal(res.manifestDigest, fx.manifestDigest);
     assert.ok(res.transferred < 100 * MiB, `resumed (${res.transferred} bytes)`);
@@ -107,7 +133,12 @@ Deno.test("download() re-hashes small present blobs and replaces a damaged one",
     const blob = fx.blobs[1];
     const file = path.join(dir, blob.digest.replace(":", "-"));
     await fsp.writeFile(file, new Uint8Array(blob.size)); // right size, wrong bytes
-    const res = await download({ blobs: [blob], baseUrl: reg.url, repository: "lib/small", destDir: dir });
+    const res = await download({
+      blobs: [blob],
+      baseUrl: reg.url,
+      repository: "lib/small",
+      destDir: dir,
+    });
     assert.equal(res.fetched, 1);
     assert.deepEqual(new Uint8Array(await fsp.readFile(file)), blob.data);
   } finally {
@@ -123,7 +154,10 @@ Deno.test("download() removes small-blob temp files left by a killed process", a
   try {
     await pushFixture(reg, "lib/tmp", "v1", fx);
     const dead = path.join(dir, `${fx.blobs[1].digest.replace(":", "-")}-partial-999999-abcdef01`);
-    const alive = path.join(dir, `${fx.blobs[1].digest.replace(":", "-")}-partial-${process.pid}-abcdef01`);
+    const alive = path.join(
+      dir,
+      `${fx.blobs[1].digest.replace(":", "-")}-partial-${process.pid}-abcdef01`,
+    );
     await fsp.writeFile(dead, "x");
     await fsp.writeFile(alive, "x");
     await download({ blobs: fx.blobs, baseUrl: reg.url, repository: "lib/tmp", destDir: dir });

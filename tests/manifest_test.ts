@@ -28,10 +28,21 @@ Deno.test("parseManifest() reads an OCI index with platforms", () => {
   const idx = parseManifest(enc({
     schemaVersion: 2,
     mediaType: MediaType.ociIndex,
-    manifests: [{ mediaType: MediaType.ociManifest, digest: D("d"), size: 300, platform: { os: "linux", architecture: "arm64", variant: "v8" } }],
+    manifests: [{
+      mediaType: MediaType.ociManifest,
+      digest: D("d"),
+      size: 300,
+      platform: { os: "linux", architecture: "arm64", variant: "v8" },
+    }],
   }));
   assert.equal(idx.kind, "index");
-  if (idx.kind === "index") assert.deepEqual(idx.manifests[0].platform, { os: "linux", architecture: "arm64", variant: "v8" });
+  if (idx.kind === "index") {
+    assert.deepEqual(idx.manifests[0].platform, {
+      os: "linux",
+      architecture: "arm64",
+      variant: "v8",
+    });
+  }
 });
 
 Deno.test("parseManifest() refuses malicious and broken documents with a reason", () => {
@@ -41,18 +52,28 @@ Deno.test("parseManifest() refuses malicious and broken documents with a reason"
     [{ ...good, schemaVersion: 1 }, /schemaVersion/],
     [{ ...good, layers: [{ ...good.layers[0], digest: "sha256:../../x" }] }, /Invalid digest/],
     [{ ...good, layers: [{ ...good.layers[0], digest: "sha256:abc" }] }, /64 hex/],
-    [{ ...good, layers: [{ ...good.layers[0], digest: "sha512:" + "a".repeat(128) }] }, /unsupported algorithm/],
+    [
+      { ...good, layers: [{ ...good.layers[0], digest: "sha512:" + "a".repeat(128) }] },
+      /unsupported algorithm/,
+    ],
     [{ ...good, layers: [{ ...good.layers[0], digest: D("A") }] }, /lower-case hex/],
     [{ ...good, layers: [{ ...good.layers[0], size: -1 }] }, /size -1/],
     [{ ...good, layers: [{ ...good.layers[0], size: 1.5 }] }, /size 1.5/],
     [{ ...good, layers: [{ ...good.layers[0], size: "12" }] }, /size "12"/],
     [{ ...good, layers: [{ ...good.layers[0], size: 2 ** 52 }] }, /absurd size/],
-    [{ ...good, layers: [good.layers[0], { ...good.layers[0], size: 7 }] }, /twice with different sizes/],
+    [
+      { ...good, layers: [good.layers[0], { ...good.layers[0], size: 7 }] },
+      /twice with different sizes/,
+    ],
     [{ ...good, layers: "nope" }, /no layers/],
     [{ ...good, config: null }, /config is not an object/],
   ];
   for (const [doc, re] of bad) {
-    assert.throws(() => parseManifest(enc(doc as never)), (e: unknown) => e instanceof ManifestError && re.test(e.message), String(JSON.stringify(doc)).slice(0, 80));
+    assert.throws(
+      () => parseManifest(enc(doc as never)),
+      (e: unknown) => e instanceof ManifestError && re.test(e.message),
+      String(JSON.stringify(doc)).slice(0, 80),
+    );
   }
   assert.throws(() => parseManifest(new Uint8Array(MAX_MANIFEST_BYTES + 1)), /over the/);
 });
@@ -66,7 +87,15 @@ Deno.test("parseManifest() folds identical duplicate layers", () => {
 Deno.test("checkDigest() and digestToFileName() allow only safe sha256 names", () => {
   assert.equal(digestToFileName(D("f")), "sha256-" + "f".repeat(64));
   assert.equal(shortDigest(D("f")), "f".repeat(12));
-  for (const d of ["sha256:../../etc/passwd", "sha256:" + "g".repeat(64), "md5:abc", "", "sha256/" + "a".repeat(64)]) {
+  for (
+    const d of [
+      "sha256:../../etc/passwd",
+      "sha256:" + "g".repeat(64),
+      "md5:abc",
+      "",
+      "sha256/" + "a".repeat(64),
+    ]
+  ) {
     assert.throws(() => checkDigest(d), ManifestError);
   }
 });

@@ -525,7 +525,13 @@ Deno.test("haul pull: Ctrl-C stops promptly with a message and exit 130; the nex
         rule: (req) => req.url.includes("/blobs/") ? { rateBytesPerSec: 2e6 } : undefined,
       });
       try {
-        const child = spawnCli(["pull", "--insecure", "--models", models, `${slow.host}/library/ctrlc`]);
+        const child = spawnCli([
+          "pull",
+          "--insecure",
+          "--models",
+          models,
+          `${slow.host}/library/ctrlc`,
+        ]);
         await new Promise((r) => setTimeout(r, 2500));
         const t0 = Date.now();
         process.kill(child.pid!, "SIGINT");
@@ -536,7 +542,13 @@ Deno.test("haul pull: Ctrl-C stops promptly with a message and exit 130; the nex
       } finally {
         await slow.stop();
       }
-      const again = await runCli(["pull", "--insecure", "--models", models, `${reg.host}/library/ctrlc`]);
+      const again = await runCli([
+        "pull",
+        "--insecure",
+        "--models",
+        models,
+        `${reg.host}/library/ctrlc`,
+      ]);
       assert.equal(again.code, 0, again.stderr);
       await assertStored(models, reg.host, "library/ctrlc", "latest", model);
     });

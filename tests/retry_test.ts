@@ -26,7 +26,11 @@ Deno.test("withRetry() retries 503 honouring Retry-After, then returns the succe
   const seen: number[] = [];
   const f = withRetry(() => {
     calls++;
-    return Promise.resolve(calls < 3 ? new Response("busy", { status: 503, headers: { "retry-after": "0" } }) : new Response("ok"));
+    return Promise.resolve(
+      calls < 3
+        ? new Response("busy", { status: 503, headers: { "retry-after": "0" } })
+        : new Response("ok"),
+    );
   }, { baseDelayMs: 1, onRetry: (i) => seen.push(i.delayMs) });
   const res = await f(new Request("http://127.0.0.1:1/x"));
   assert.equal(await res.text(), "ok");
