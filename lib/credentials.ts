@@ -6,12 +6,11 @@
  * No error message ever contains a password, token or helper output that could hold one.
  */
 
-import { spawn } from "node:child_process";
-import { constants as fsConstants } from "node:fs";
-import { access, readFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { homedir } from "node:os";
-import { delimiter, join } from "node:path";
+import { join } from "node:path";
 import process from "node:process";
+import { helperDetail, runCredentialHelper } from "./credential_helper.ts";
 import { AuthError } from "./errors.ts";
 
 /**
@@ -49,8 +48,6 @@ export const IDENTITY_TOKEN_USERNAME = "<token>";
 
 const DOCKER_HUB_ALIASES = new Set(["docker.io", "index.docker.io", "registry-1.docker.io"]);
 const DOCKER_HUB_SERVER = "https://index.docker.io/v1/";
-const HELPER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
-const MAX_HELPER_OUTPUT = 1 << 20;
 
 /**
  * Finds credentials for a registry host (`host[:port]`) the way the Docker CLI does:
@@ -187,76 +184,9 @@ async function runHelper(
   timeout: number,
   signal: AbortSignal | undefined,
 ): Promise<Credential | undefined> {
-  const program = `docker-credential-${name}`;
-  if (!HELPER_NAME_RE.test(name)) {
-    throw new AuthError(`Invalid credential helper name ${JSON.stringify(name)} in Docker config`);
-  }
-  const path = await findExecutable(program, env);
-  if (path === undefined) return undefined;
-
-  const childEnv: Record<string, string> = {};
-  for (const [k, v] of Object.entries(env)) if (v !== undefined) childEnv[k] = v;
-
-  const result = await new Promise<
-    { code: number | null; stdout: string; stderr: string; error?: unknown }
-  >(
-    (resolve, reject) => {
-      const child = spawn(path, ["get"], { env: childEnv, stdio: ["pipe", "pipe", "pipe"] });
-      const stdout: Uint8Array[] = [];
-      const stderr: Uint8Array[] = [];
-      let size = 0;
-      let settled = false;
-      const finish = (fn: () => void) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        signal?.removeEventListener("abort", onAbort);
-        fn();
-      };
-      const timer = setTimeout(() => {
-        child.kill("SIGKILL");
-        finish(() =>
-          reject(new AuthError(`Credential helper ${program} timed out after ${timeout} ms`))
-        );
-      }, timeout);
-      const onAbort = () => {
-        child.kill("SIGKILL");
-        finish(() => reject(signal?.reason));
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-      child.stdout.on("data", (b: Uint8Array) => {
-        size += b.length;
-        if (size > MAX_HELPER_OUTPUT) {
-          child.kill("SIGKILL");
-          finish(() => reject(new AuthError(`Credential helper ${program} wrote too much output`)));
-          return;
-        }
-        stdout.push(b);
-      });
-      child.stderr.on("data", (b: Uint8Array) => {
-        size += b.length;
-        if (size <= MAX_HELPER_OUTPUT) stderr.push(b);
-      });
-      // The helper may exit before reading stdin; ignore EPIPE.
-      child.stdin.on("error", () => {});
-      child.stdin.end(serverUrl);
-      child.on("error", (error) => {
-        finish(() => resolve({ code: null, stdout: "", stderr: "", error }));
-      });
-      child.on("close", (code) => {
-        const decode = (c: Uint8Array[]) => new TextDecoder().decode(concat(c));
-        finish(() => resolve({ code, stdout: decode(stdout), stderr: decode(stderr) }));
-      });
-    },
-  );
-
-  if (result.error !== undefined) {
-    const code = (result.error as { code?: string }).code;
-    if (code === "ENOENT") return undefined; // Removed between lookup and spawn.
-    throw new AuthError(`Cannot run credential helper ${program}: ${code ?? "spawn failed"}`, {
-      cause: result.error,
-    });
-  }
+  const result = await runCredentialHelper(name, "get", serverUrl, { env, timeout, signal });
+  const program = result.program;
+  if (!result.found) return undefined;
   if (result.code !== 0) {
     // docker-credential-helpers prints ErrCredentialsNotFound ("credentials not found in
     // native keychain") on stdout; some helpers use stderr.
@@ -279,47 +209,6 @@ async function runHelper(
   if (out.Secret === "") return undefined;
   const username = typeof out.Username === "string" ? out.Username : "";
   return { username, password: out.Secret };
-}
-
-/** First line of a failed helper's output, unless it could carry a credential. */
-function helperDetail(output: string): string {
-  const line = output.trim().split("\n")[0]?.trim() ?? "";
-  if (line === "" || /[{}]|secret|password|token/i.test(line)) return "";
-  return `: ${line.length > 200 ? `${line.slice(0, 200)}…` : line}`;
-}
-
-/** Looks the program up on the given PATH ourselves: runtimes differ in which PATH spawn uses. */
-async function findExecutable(
-  program: string,
-  env: Record<string, string | undefined>,
-): Promise<string | undefined> {
-  const windows = process.platform === "win32";
-  const pathVar = env.PATH ?? env.Path ?? "";
-  // Only .exe on Windows: spawning .cmd/.bat needs a shell, which we do not use.
-  const exts = windows ? [".exe"] : [""];
-  for (const dir of pathVar.split(delimiter)) {
-    if (dir === "") continue;
-    for (const ext of exts) {
-      const candidate = join(dir, program + ext);
-      try {
-        await access(candidate, windows ? fsConstants.F_OK : fsConstants.X_OK);
-        return candidate;
-      } catch {
-        // Not here; keep looking.
-      }
-    }
-  }
-  return undefined;
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let offset = 0;
-  for (const c of chunks) {
-    out.set(c, offset);
-    offset += c.length;
-  }
-  return out;
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {

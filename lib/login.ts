@@ -14,23 +14,12 @@
  *
  * No error message, result or event ever contains the password.
  */
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { constants as fsConstants } from "node:fs";
-import {
-  access,
-  chmod,
-  lstat,
-  mkdir,
-  open,
-  readFile,
-  realpath,
-  rename,
-  rm,
-} from "node:fs/promises";
+import { chmod, lstat, mkdir, open, readFile, realpath, rename, rm } from "node:fs/promises";
 import { homedir } from "node:os";
-import { delimiter, dirname, join } from "node:path";
+import { dirname, join } from "node:path";
 import process from "node:process";
+import { helperDetail, runCredentialHelper } from "./credential_helper.ts";
 import type { Credential } from "./credentials.ts";
 import { AuthError, RegistryError, storeError, UsageError } from "./errors.ts";
 import { syncDir } from "./fsio.ts";
@@ -41,8 +30,6 @@ const DOCKER_HUB_ALIASES = new Set(["docker.io", "index.docker.io", "registry-1.
 /** The key (and helper server URL) docker uses for Docker Hub. */
 export const DOCKER_HUB_SERVER = "https://index.docker.io/v1/";
 const DOCKER_HUB_REGISTRY = "https://registry-1.docker.io";
-const HELPER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
-const MAX_HELPER_OUTPUT = 1 << 20;
 
 /** Where credentials live; shared by {@link login} and {@link logout}. */
 export interface DockerConfigOptions {
@@ -406,105 +393,21 @@ async function runHelper(
   signal: AbortSignal | undefined,
   secret?: string,
 ): Promise<boolean> {
-  const program = `docker-credential-${name}`;
-  if (!HELPER_NAME_RE.test(name)) {
-    throw new AuthError(`Invalid credential helper name ${JSON.stringify(name)} in Docker config`);
-  }
-  const path = await findExecutable(program, env);
-  if (path === undefined) {
+  const result = await runCredentialHelper(name, action, input, { env, timeout, signal });
+  const program = result.program;
+  if (!result.found) {
     throw new AuthError(
       `Credential helper ${program} (named in Docker's config.json) is not on PATH: ` +
         `install it or remove credsStore/credHelpers from the config`,
     );
   }
-  const childEnv: Record<string, string> = {};
-  for (const [k, v] of Object.entries(env)) if (v !== undefined) childEnv[k] = v;
-
-  const result = await new Promise<{ code: number | null; output: string; error?: unknown }>(
-    (resolve, reject) => {
-      const child = spawn(path, [action], { env: childEnv, stdio: ["pipe", "pipe", "pipe"] });
-      const chunks: Uint8Array[] = [];
-      let size = 0;
-      let settled = false;
-      const finish = (fn: () => void) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        signal?.removeEventListener("abort", onAbort);
-        fn();
-      };
-      const timer = setTimeout(() => {
-        child.kill("SIGKILL");
-        finish(() =>
-          reject(new AuthError(`Credential helper ${program} timed out after ${timeout} ms`))
-        );
-      }, timeout);
-      const onAbort = () => {
-        child.kill("SIGKILL");
-        finish(() => reject(signal?.reason));
-      };
-      signal?.addEventListener("abort", onAbort, { once: true });
-      const collect = (b: Uint8Array) => {
-        size += b.length;
-        if (size <= MAX_HELPER_OUTPUT) chunks.push(b);
-      };
-      child.stdout.on("data", collect);
-      child.stderr.on("data", collect);
-      child.stdin.on("error", () => {}); // the helper may exit before reading stdin
-      child.stdin.end(input);
-      child.on("error", (error) => finish(() => resolve({ code: null, output: "", error })));
-      child.on("close", (code) => {
-        const all = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-        let o = 0;
-        for (const c of chunks) {
-          all.set(c, o);
-          o += c.length;
-        }
-        finish(() => resolve({ code, output: new TextDecoder().decode(all) }));
-      });
-    },
-  );
-  if (result.error !== undefined) {
-    const code = (result.error as { code?: string }).code;
-    throw new AuthError(`Cannot run credential helper ${program}: ${code ?? "spawn failed"}`, {
-      cause: result.error,
-    });
-  }
   if (result.code === 0) return true;
-  if (action === "erase" && /credentials not found/i.test(result.output)) return false;
+  const output = `${result.stdout}\n${result.stderr}`;
+  if (action === "erase" && /credentials not found/i.test(output)) return false;
   throw new AuthError(
     `Credential helper ${program} ${action} failed (exit code ${result.code})` +
-      helperDetail(result.output, secret),
+      helperDetail(output, secret),
   );
-}
-
-/** First line of a failed helper's output, unless it could carry a credential. */
-function helperDetail(output: string, secret: string | undefined): string {
-  const line = output.trim().split("\n")[0]?.trim() ?? "";
-  if (line === "" || /[{}]|secret|password|token/i.test(line)) return "";
-  if (secret && line.includes(secret)) return "";
-  return `: ${line.length > 200 ? `${line.slice(0, 200)}…` : line}`;
-}
-
-async function findExecutable(
-  program: string,
-  env: Record<string, string | undefined>,
-): Promise<string | undefined> {
-  const windows = process.platform === "win32";
-  const exts = windows ? [".exe"] : [""];
-  for (const dir of (env.PATH ?? env.Path ?? "").split(delimiter)) {
-    if (dir === "") continue;
-    for (const ext of exts) {
-      const candidate = join(dir, program + ext);
-      try {
-        await access(candidate, windows ? fsConstants.F_OK : fsConstants.X_OK);
-        return candidate;
-      } catch {
-        // Not here; keep looking.
-      }
-    }
-  }
-  return undefined;
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
