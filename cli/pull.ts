@@ -61,8 +61,11 @@ export const pullCommand: Command = async (args, signal) => {
   }
   const caCerts = await readCaFile(str("ca-file"));
   if (flag("insecure") && !flag("quiet")) {
+    // The one way to weaken transport security, and it says so.
     process.stderr.write(
-      "haul: --insecure: plain http allowed; nothing sent or received is encrypted\n",
+      "Bun" in globalThis
+        ? "haul: --insecure: plain http allowed and https certificates not checked\n"
+        : "haul: --insecure: plain http allowed; nothing sent or received is encrypted\n",
     );
   }
   const { mirrors } = await loadMirrors({ flags: values.mirror });
@@ -74,6 +77,7 @@ export const pullCommand: Command = async (args, signal) => {
       allPlatforms: flag("all-platforms"),
       mirrors,
       insecure: flag("insecure"),
+      insecureTls: flag("insecure"),
       caCerts,
       concurrency: parseNumber(str("concurrency"), "--concurrency", 1),
       partSize: str("part-size") === undefined
