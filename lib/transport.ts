@@ -108,7 +108,21 @@ export function withRetry(next: Fetch, options: RetryOptions = {}): Fetch {
         retryAfter = parseRetryAfter(res.headers.get("retry-after"));
         await res.body?.cancel().catch(() => {});
       } catch (err) {
-        if (req.signal.aborted || !isTransientError(err)) throw err;
+        if (req.signal.aborted) throw err;
+        if (!isTransientError(err)) {
+          // fetch's own failures (TLS, DNS, a refused protocol) are TypeErrors: make
+          // them a network error with the reason, not an internal error.
+          if (!(err instanceof TypeError)) throw err;
+          const why = describeError(err);
+          const tls = /certificate|UnknownIssuer|self.signed|CERT_|x509/i.test(
+            `${why} ${String((err as { cause?: unknown }).cause ?? "")}`,
+          );
+          throw new NetworkError(
+            `${req.method} ${redactUrl(req.url)} failed: ${why}` +
+              (tls ? " (the server's TLS certificate is not trusted: see --ca-file)" : ""),
+            { cause: err },
+          );
+        }
         if (attempt >= policy.maxRetries) {
           throw new NetworkError(
             `${req.method} ${redactUrl(req.url)} failed after ${attempt + 1} attempts: ${
