@@ -25,9 +25,11 @@ import { type ConnectionOptions, createSession, type Session } from "./session.t
 import { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
 import {
   type BlobReader,
+  describe,
   type OpenBlob,
   openStoreBlob,
   putManifest,
+  SourceDigestError,
   upload,
   type UploadResult,
   type UploadTuning,
@@ -188,10 +190,12 @@ export async function copy(
     throw new RangeError(`stallTimeout must be at least 0.05 s, got ${stallTimeout}`);
   }
   const policy: RetryPolicy = { ...DEFAULT_RETRY, ...options.retry };
+  // The source's headers must come within the stall timeout too (each attempt): a source
+  // that stops answering is as stalled as one that stops sending.
   const srcSession = createSession(
     baseOf(source),
     [`repository:${source.repository}:pull`],
-    options,
+    { ...options, requestTimeout: Math.min(options.requestTimeout ?? stallTimeout, stallTimeout) },
   );
   const destSession = createSession(
     baseOf(target),
@@ -352,7 +356,13 @@ class RemoteBlobReader implements BlobReader {
       if (this.#hashed === this.#blob.size) {
         const got = this.#hash.digest();
         if (got !== this.#blob.digest) {
-          throw new IntegrityError(
+          // Forget everything read: the upload reads the blob once more from byte 0.
+          this.#hash = new Sha256();
+          this.#hashed = 0;
+          this.#last = undefined;
+          this.#reader?.cancel().catch(() => {});
+          this.#reader = undefined;
+          throw new SourceDigestError(
             `Source blob ${this.#blob.digest} from ${new URL(this.#url).host} hashes to ${got}`,
           );
         }
@@ -366,7 +376,23 @@ class RemoteBlobReader implements BlobReader {
     this.#pos = at;
     const headers: Record<string, string> = {};
     if (at > 0) headers.range = `bytes=${at}-`;
-    const res = await this.#session.fetch(new Request(this.#url, { headers, signal }));
+    let res: Response;
+    try {
+      res = await this.#session.fetch(new Request(this.#url, { headers, signal }));
+    } catch (err) {
+      if (signal?.aborted) throw new InterruptedError();
+      // "… failed after 3 attempts: fetch failed" says more with the cause's cause.
+      const said = (err as { cause?: Error })?.cause?.message;
+      if (err instanceof NetworkError && said && err.message.endsWith(said)) {
+        const detail = describe(err.cause);
+        if (detail !== said) {
+          throw new NetworkError(`${err.message.slice(0, -said.length)}${detail}`, {
+            cause: err.cause,
+          });
+        }
+      }
+      throw err;
+    }
     if (res.status === 404) {
       await res.body?.cancel().catch(() => {});
       throw new NotFoundError(`Blob ${this.#blob.digest} not found at ${new URL(this.#url).host}`);
@@ -415,9 +441,10 @@ class RemoteBlobReader implements BlobReader {
       this.#leftover = undefined;
       return l;
     }
-    for (;;) {
+    for (let reopen = false;; reopen = true) {
       if (signal?.aborted) throw new InterruptedError();
       try {
+        if (reopen) await this.#open(this.#pos, signal);
         const r = await this.#readWithStall(signal);
         if (r.done) throw new NetworkError(`Source stream of ${this.#blob.digest} ended early`);
         if (this.#pos + r.value.byteLength > this.#blob.size) {
@@ -428,15 +455,16 @@ class RemoteBlobReader implements BlobReader {
         if (signal?.aborted || err instanceof IntegrityError) throw err;
         if (!(err instanceof NetworkError) && !isTransientError(err)) throw err;
         if (++this.#failures > this.#opts.policy.maxRetries) {
+          const why = describe(err);
+          const stalled = /no response/i.test(why) && !/stall/i.test(why) ? "Source stalled: " : "";
           throw new NetworkError(
-            `Reading ${this.#blob.digest} from ${new URL(this.#url).host} failed: ${
-              (err as Error).message
-            }`,
+            `${stalled}Reading ${this.#blob.digest} from ${
+              new URL(this.#url).host
+            } failed ${this.#failures} times: ${why}`,
             { cause: err },
           );
         }
         await sleep(backoffDelay(this.#failures, this.#opts.policy), signal);
-        await this.#open(this.#pos, signal);
       }
     }
   }
@@ -448,7 +476,9 @@ class RemoteBlobReader implements BlobReader {
     const stalled = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
         reader.cancel().catch(() => {});
-        reject(new NetworkError(`No data for ${this.#opts.stallTimeoutMs / 1000} s`));
+        reject(
+          new NetworkError(`Source stalled: no data for ${this.#opts.stallTimeoutMs / 1000} s`),
+        );
       }, this.#opts.stallTimeoutMs);
     });
     try {

@@ -263,26 +263,59 @@ class UploadTarget {
   readonly #session: Session;
   readonly repository: string;
   readonly base: string;
-  constructor(session: Session, repository: string) {
+  readonly #timeoutMs: number;
+  constructor(session: Session, repository: string, timeoutMs = 30_000) {
     this.#session = session;
     this.repository = repository;
     this.base = session.client.baseUrl;
+    this.#timeoutMs = timeoutMs;
   }
 
-  async #send(req: Request): Promise<Response> {
+  /**
+   * Sends `req`. A request with a body (`bytes` > 0) gets a deadline of its own: the
+   * transport's header timeout skips bodies, and a registry that reads a chunk and never
+   * answers must not hang the push. The runtime does not say when a body has gone out,
+   * so the deadline is the request timeout plus the body's time at {@link MIN_SEND_RATE}.
+   */
+  async #send(req: Request, bytes = 0): Promise<Response> {
+    const ac = new AbortController();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let timedOut: NetworkError | undefined;
+    const onAbort = () => ac.abort(req.signal.reason);
+    req.signal.addEventListener("abort", onAbort, { once: true });
+    if (req.signal.aborted) onAbort();
+    if (bytes > 0 && this.#timeoutMs > 0) {
+      const ms = this.#timeoutMs + Math.ceil((bytes / MIN_SEND_RATE) * 1000);
+      timer = setTimeout(() => {
+        timedOut = new NetworkError(
+          `${req.method} ${shortUploadUrl(req.url)}: no response within ${
+            Math.round(ms / 1000)
+          } s of sending ${bytes} bytes (timed out)`,
+        );
+        ac.abort(timedOut);
+      }, ms);
+    }
     try {
-      return await this.#session.fetch(req);
+      return await this.#session.fetch(new Request(req, { signal: ac.signal }));
     } catch (err) {
       if (req.signal.aborted) throw new InterruptedError();
+      if (timedOut) throw new UploadStepError(timedOut, true);
+      // A NetworkError from the transport (too many redirects, retries spent on a bodiless
+      // request) may pass on a later try, as pull retries it.
+      if (err instanceof NetworkError) throw new UploadStepError(err, true);
       if (err instanceof HaulError) throw err;
       if (isTransientError(err)) throw new UploadStepError(err, true);
       throw err;
+    } finally {
+      clearTimeout(timer);
+      req.signal.removeEventListener("abort", onAbort);
     }
   }
 
   /** Turns a failed response into a step error (RegistryError inside). */
   async #fail(res: Response, method: string, url: string): Promise<never> {
-    const err = await errorFromResponse(res, method, url);
+    const raw = await errorFromResponse(res, method, url);
+    const err = url.includes("/blobs/uploads/") ? withShortUrls(raw) : raw;
     throw new UploadStepError(
       err,
       isRetryableStatus(err.status) || isSessionGone(err),
@@ -371,7 +404,7 @@ class UploadTarget {
     offset: number,
     data: Uint8Array,
     signal: AbortSignal,
-  ): Promise<{ location: string; offset: number }> {
+  ): Promise<{ location: string; offset: number; range: string | null }> {
     const res = await this.#send(
       new Request(location, {
         method: "PATCH",
@@ -383,6 +416,7 @@ class UploadTarget {
         body: data as Uint8Array<ArrayBuffer>,
         signal,
       }),
+      data.byteLength,
     );
     if (res.status !== 202 && res.status !== 204) return await this.#fail(res, "PATCH", location);
     await res.body?.cancel().catch(() => {});
@@ -391,6 +425,7 @@ class UploadTarget {
     return {
       location: res.headers.get("location") ? this.#location(res, location, "PATCH") : location,
       offset: reported !== undefined && reported < expected ? reported : expected,
+      range: res.headers.get("range"),
     };
   }
 
@@ -413,6 +448,7 @@ class UploadTarget {
         body: data ? data as Uint8Array<ArrayBuffer> : null,
         signal,
       }),
+      data?.byteLength ?? 0,
     );
     if (res.status !== 201 && res.status !== 204 && res.status !== 200) {
       return await this.#fail(res, "PUT", url);
@@ -573,7 +609,11 @@ export async function upload(options: UploadOptions): Promise<UploadResult> {
       session.auth.addScope(`repository:${b.from}:pull`);
     }
   }
-  const target = new UploadTarget(session, options.repository);
+  const target = new UploadTarget(
+    session,
+    options.repository,
+    (options.requestTimeout ?? 30) * 1000,
+  );
   const seen = new Set<string>();
   const blobs = options.blobs.filter((b) => !seen.has(b.digest) && seen.add(b.digest));
   const total = blobs.reduce((a, b) => a + b.size, 0);
@@ -686,8 +726,16 @@ export async function upload(options: UploadOptions): Promise<UploadResult> {
 
   /** A small blob: one PUT with the bytes; a failed attempt starts a new session. */
   const sendWhole = async (b: Blob, first: string, reader: BlobReader) => {
-    const data = await reader.read(0, b.size, signal);
+    let data: Uint8Array;
+    try {
+      data = await reader.read(0, b.size, signal);
+    } catch (err) {
+      // A source that sent other bytes once (copy) gets one more read.
+      if (!(err instanceof SourceDigestError)) throw err;
+      data = await reader.read(0, b.size, signal);
+    }
     let location = first;
+    let digestRetried = false;
     for (let attempt = 0;; attempt++) {
       try {
         result.transferred += data.byteLength;
@@ -695,8 +743,16 @@ export async function upload(options: UploadOptions): Promise<UploadResult> {
         return;
       } catch (err) {
         progress(b, 0);
+        if (isDigestInvalid(unwrapCause(err))) {
+          // The bytes in hand are what was sent: if they hash right, they changed on the way.
+          const got = sha256Digest(data);
+          if (got !== b.digest) throw corruptSource(b, options.srcDir, got);
+          if (digestRetried) throw garbledInTransit(b);
+          digestRetried = true;
+          location = (await newSession(b)).location;
+          continue;
+        }
         if (!(err instanceof UploadStepError) || !err.retryable || attempt >= policy.maxRetries) {
-          if (isDigestInvalid(unwrapCause(err))) throw mismatch(b, options.srcDir);
           throw unwrap(err);
         }
         await pause(b, attempt, err);
@@ -722,6 +778,10 @@ export async function upload(options: UploadOptions): Promise<UploadResult> {
     let offset = startAt;
     let fromEarlier = resumedSession || startAt > 0;
     let restarted = false;
+    let digestRetried = false;
+    let sourceRetried = false;
+    // PATCHes the registry acknowledged short, since the upload last got further.
+    let shortAcks = 0;
     // Failures are counted until the upload gets further than it ever was, so a
     // registry that loses the session every time cannot loop forever.
     let furthest = startAt;
@@ -736,6 +796,15 @@ export async function upload(options: UploadOptions): Promise<UploadResult> {
           offset,
         })
         : Promise.resolve();
+    /** Drops the session and starts a new one from byte 0. */
+    const restart = async () => {
+      await target.cancel(location);
+      location = (await newSession(b)).location;
+      offset = 0;
+      fromEarlier = false;
+      progress(b, 0);
+      await save();
+    };
     await save();
     for (let attempt = 0;;) {
       try {
@@ -745,10 +814,43 @@ export async function upload(options: UploadOptions): Promise<UploadResult> {
           result.transferred += length;
           const next = await target.patch(location, offset, data, signal);
           location = next.location;
-          offset = next.offset;
+          const expected = offset + length;
+          if (next.offset < expected) {
+            // Acknowledged short. distribution appends whatever comes next and ignores
+            // Content-Range, so re-sending the "missing" bytes could duplicate them: go on
+            // from where the session says it stands only when that agrees, else start over.
+            if (++shortAcks > policy.maxRetries) {
+              throw new IntegrityError(
+                `The registry acknowledged only ${next.offset} of ${expected} bytes of ${b.digest} ` +
+                  `(Range: ${next.range}) ${shortAcks} times; giving up`,
+              );
+            }
+            emit({
+              type: "retry",
+              digest: b.digest,
+              attempt: shortAcks,
+              reason: `short acknowledgement (Range: ${next.range}, expected 0-${expected - 1})`,
+              delayMs: 0,
+            });
+            const at = await target.status(location, next.offset, signal).catch((e) => {
+              if (e instanceof UploadStepError && e.retryable) return undefined;
+              throw unwrap(e);
+            });
+            if (at && at.offset === next.offset) {
+              location = at.location;
+              offset = at.offset;
+              progress(b, offset);
+              await save();
+            } else {
+              await restart();
+            }
+            continue;
+          }
+          offset = expected;
           if (offset > furthest) {
             furthest = offset;
             attempt = 0;
+            shortAcks = 0;
           }
           progress(b, offset);
           await save();
@@ -763,18 +865,27 @@ export async function upload(options: UploadOptions): Promise<UploadResult> {
         break;
       } catch (err) {
         const cause = unwrapCause(err);
+        if (err instanceof SourceDigestError && !sourceRetried) {
+          // The source sent other bytes once (copy): send the blob again from the start.
+          sourceRetried = true;
+          await restart();
+          continue;
+        }
         if (isDigestInvalid(cause) && fromEarlier && !restarted) {
           // A resumed session held other bytes than ours: start over once.
           restarted = true;
-          fromEarlier = false;
-          await target.cancel(location);
-          location = (await newSession(b)).location;
-          offset = 0;
-          progress(b, 0);
-          await save();
+          await restart();
           continue;
         }
-        if (isDigestInvalid(cause)) throw mismatch(b, options.srcDir);
+        if (isDigestInvalid(cause)) {
+          // Ours or the way's? Hash the source again: a blob that verifies goes up once more.
+          const bad = await checkSource(b);
+          if (bad) throw bad;
+          if (digestRetried) throw garbledInTransit(b);
+          digestRetried = true;
+          await restart();
+          continue;
+        }
         if (!(err instanceof UploadStepError) || !err.retryable || attempt >= policy.maxRetries) {
           throw unwrap(err);
         }
@@ -798,6 +909,34 @@ export async function upload(options: UploadOptions): Promise<UploadResult> {
       }
     }
     if (statePath) await rm(statePath, { force: true }).catch(() => {});
+  };
+
+  /**
+   * Re-hashes a store blob after the registry refused its bytes: an IntegrityError when
+   * the file does not hash to its name, undefined when it does (or the source is not a
+   * store file: copy's reader checks the digest as it streams).
+   */
+  const checkSource = async (b: Blob): Promise<HaulError | undefined> => {
+    if (options.open || srcDir === undefined) return undefined;
+    let r: BlobReader;
+    try {
+      r = await openStoreBlob(srcDir, b);
+    } catch (e) {
+      if (e instanceof IntegrityError || e instanceof NotFoundError) return e;
+      throw e;
+    }
+    const h = createHash("sha256");
+    try {
+      for (let at = 0; at < b.size;) {
+        const n = Math.min(8 << 20, b.size - at);
+        h.update(await r.read(at, n, signal));
+        at += n;
+      }
+    } finally {
+      await r.close();
+    }
+    const got = `sha256:${h.digest("hex")}`;
+    return got === b.digest ? undefined : corruptSource(b, srcDir, got);
   };
 
   const newSession = async (b: Blob) => {
@@ -874,16 +1013,77 @@ function unwrapCause(err: unknown): unknown {
 function unwrap(err: unknown): unknown {
   if (!(err instanceof UploadStepError)) return err;
   const cause = err.cause;
-  if (cause instanceof HaulError) return cause;
-  return new NetworkError(`Upload failed: ${(cause as Error)?.message ?? String(cause)}`, {
-    cause,
-  });
+  if (cause instanceof HaulError) return withShortUrls(cause);
+  return new NetworkError(`Upload failed: ${describe(cause)}`, { cause });
 }
 
-function mismatch(b: Blob, srcDir: string | undefined): IntegrityError {
+/** An error's message with its cause's (or code) when that says more: "fetch failed (ECONNRESET: …)". */
+export function describe(err: unknown): string {
+  const msg = (err as Error)?.message ?? String(err);
+  const inner = (err as { cause?: unknown })?.cause;
+  const code = (err as { code?: unknown })?.code ?? (inner as { code?: unknown })?.code;
+  const why = [
+    typeof code === "string" ? code : "",
+    inner instanceof Error ? inner.message : typeof inner === "string" ? inner : "",
+  ].filter((x) => x && !msg.includes(x));
+  return shortenUploadUrls(why.length ? `${msg} (${why.join(": ")})` : msg);
+}
+
+/** Bytes per second a request body is assumed to go out at, at worst (upload deadline). */
+const MIN_SEND_RATE = 1 << 20;
+
+const UPLOAD_URL = /(https?:\/\/[^\s"']*?\/blobs\/uploads\/)([^/?#\s"']{1,8})[^\s"']*/g;
+
+/** `…/blobs/uploads/<uuid>?_state=…` as `…/blobs/uploads/<first 8 of uuid>…` in a message. */
+export function shortenUploadUrls(text: string): string {
+  return text.replace(UPLOAD_URL, (_m, head: string, id: string) => `${head}${id}…`);
+}
+
+/** An upload session URL, redacted and shortened for a message. */
+function shortUploadUrl(url: string): string {
+  return shortenUploadUrls(redactUrl(url));
+}
+
+/** The same error with upload session URLs in its message shortened. */
+function withShortUrls<E extends HaulError>(err: E): E {
+  const short = shortenUploadUrls(err.message);
+  if (short === err.message) return err;
+  if (err instanceof RegistryError) {
+    return new RegistryError({
+      status: err.status,
+      method: err.method,
+      url: err.url,
+      codes: err.codes,
+      message: short,
+    }, { cause: err.cause }) as unknown as E;
+  }
+  if (err instanceof NetworkError) {
+    return new NetworkError(short, { cause: err.cause }) as unknown as E;
+  }
+  return err;
+}
+
+/**
+ * What a reader throws when the source's bytes do not hash to the digest (copy): the
+ * upload reads the blob once more from the start before it gives up.
+ */
+export class SourceDigestError extends IntegrityError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "SourceDigestError";
+  }
+}
+
+function corruptSource(b: Blob, srcDir: string | undefined, got: string): IntegrityError {
   const where = srcDir ? ` (${join(srcDir, digestToFileName(b.digest))})` : "";
   return new IntegrityError(
-    `The registry refused ${b.digest}: the bytes sent do not hash to it${where}; ` +
-      `the source blob is corrupt`,
+    `The registry refused ${b.digest}: the local blob is corrupt${where}: it hashes to ${got}`,
+  );
+}
+
+function garbledInTransit(b: Blob): IntegrityError {
+  return new IntegrityError(
+    `The registry refused ${b.digest} twice (DIGEST_INVALID): the registry received different ` +
+      `bytes than sent; the source verifies, so something between haul and the registry changes them`,
   );
 }

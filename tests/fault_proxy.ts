@@ -4,6 +4,7 @@
  * request, chosen by a rule) misbehave. Uses node:http so it runs in Deno and Bun.
  */
 import * as http from "node:http";
+import { Buffer } from "node:buffer";
 import type { AddressInfo } from "node:net";
 
 export interface ProxiedRequest {
@@ -13,6 +14,18 @@ export interface ProxiedRequest {
   /** Body bytes sent to the client. */
   bytesOut: number;
   status?: number;
+  /** When the request arrived (ms since the epoch). */
+  at: number;
+}
+
+/** A response the proxy sends instead of forwarding. */
+export interface CannedResponse {
+  /** @default 200 */
+  status?: number;
+  headers?: Record<string, string>;
+  body?: Uint8Array | string;
+  /** Send without Content-Length (chunked), so a client cannot refuse it from the header. */
+  chunked?: boolean;
 }
 
 /** What to do to one request. Fields combine. */
@@ -37,9 +50,84 @@ export interface Fault {
   contentRange?: string;
   /** Redirect to this URL (absolute) with 307 instead of forwarding. */
   redirectTo?: string;
+  /** With `status`: extra response headers (e.g. a WWW-Authenticate challenge with 401). */
+  headers?: Record<string, string>;
+  /** Answer with this response instead of forwarding. */
+  respond?: CannedResponse;
+  /** Read this many request-body bytes (an upload), then reset the connection; nothing is forwarded. */
+  resetRequestAfter?: number;
+  /** Read this many request-body bytes, then close the connection; nothing is forwarded. */
+  truncateRequestAt?: number;
+  /** Forward the request with the request-body byte at this offset flipped. */
+  flipRequestByteAt?: number;
+  /** Read the whole request, then never answer (the connection stays open). */
+  noResponse?: boolean;
+  /** Override headers of the origin's response (`null` removes one), e.g. an upload's `Range`. */
+  responseHeaders?: Record<string, string | null>;
+  /**
+   * Forward, then send this body instead of the origin's (status and headers from the origin,
+   * Content-Length recomputed; `headers` override them, `null` removes one).
+   */
+  replaceBody?: {
+    body: Uint8Array | string;
+    headers?: Record<string, string | null>;
+    chunked?: boolean;
+  };
 }
 
 export type FaultRule = (req: ProxiedRequest, index: number) => Fault | undefined;
+
+/** A fault, or a function building it from the request it applies to. */
+export type FaultFor = Fault | ((req: ProxiedRequest) => Fault | undefined);
+
+const faultFor = (f: FaultFor, req: ProxiedRequest) => typeof f === "function" ? f(req) : f;
+
+/** Applies `fault` to the first `n` requests that `match`, then lets every request pass. */
+export function failTimes(
+  n: number,
+  match: (req: ProxiedRequest) => boolean,
+  fault: FaultFor,
+): FaultRule {
+  let left = n;
+  return (req) => {
+    if (left <= 0 || !match(req)) return undefined;
+    left--;
+    return faultFor(fault, req);
+  };
+}
+
+/** Applies `fault` only to the `n`th (1-based) request that matches. */
+export function nthMatch(
+  n: number,
+  match: (req: ProxiedRequest) => boolean,
+  fault: FaultFor,
+): FaultRule {
+  let seen = 0;
+  return (req) => (match(req) && ++seen === n ? faultFor(fault, req) : undefined);
+}
+
+/** Applies `fault` to every request that matches. */
+export function always(match: (req: ProxiedRequest) => boolean, fault: FaultFor): FaultRule {
+  return (req) => (match(req) ? faultFor(fault, req) : undefined);
+}
+
+/** The first rule that returns a fault wins. */
+export function anyRule(...rules: FaultRule[]): FaultRule {
+  return (req, i) => {
+    for (const r of rules) {
+      const f = r(req, i);
+      if (f) return f;
+    }
+    return undefined;
+  };
+}
+
+const toBuffer = (b: Uint8Array | string | undefined) =>
+  b === undefined
+    ? Buffer.alloc(0)
+    : typeof b === "string"
+    ? Buffer.from(b, "utf8")
+    : Buffer.from(b);
 
 export interface FaultProxy {
   url: string;
@@ -67,6 +155,7 @@ export async function startFaultProxy(
       url: req.url ?? "/",
       headers: req.headers,
       bytesOut: 0,
+      at: Date.now(),
     };
     const index = requests.push(rec) - 1;
     const fault = rule?.(rec, index) ?? {};
@@ -77,6 +166,18 @@ export async function startFaultProxy(
       res.end();
       return;
     }
+    if (fault.respond) {
+      req.resume();
+      const c = fault.respond;
+      const body = toBuffer(c.body);
+      rec.status = c.status ?? 200;
+      const headers: http.OutgoingHttpHeaders = { ...c.headers };
+      if (!c.chunked) headers["content-length"] = body.length;
+      res.writeHead(rec.status, headers);
+      rec.bytesOut += req.method === "HEAD" ? 0 : body.length;
+      res.end(req.method === "HEAD" ? undefined : body);
+      return;
+    }
     if (fault.status) {
       req.resume();
       rec.status = fault.status;
@@ -84,10 +185,38 @@ export async function startFaultProxy(
       const headers: http.OutgoingHttpHeaders = {
         "content-type": "application/json",
         "content-length": body.length,
+        ...fault.headers,
       };
       if (fault.retryAfter) headers["retry-after"] = fault.retryAfter;
       res.writeHead(fault.status, headers);
       res.end(body);
+      return;
+    }
+    if (fault.noResponse) {
+      req.resume();
+      rec.status = 0;
+      return;
+    }
+    const cutAt = fault.resetRequestAfter ?? fault.truncateRequestAt;
+    if (cutAt !== undefined) {
+      // Like a request-buffering proxy in front of the registry: the cut body never reaches it.
+      let got = 0;
+      let done = false;
+      const cut = () => {
+        if (done) return;
+        done = true;
+        rec.status = 0;
+        req.pause();
+        if (fault.resetRequestAfter !== undefined) {
+          req.socket.resetAndDestroy?.() ?? req.socket.destroy();
+        } else req.socket.destroy();
+      };
+      if (cutAt <= 0) cut();
+      req.on("data", (c: Buffer) => {
+        got += c.length;
+        if (got >= cutAt) cut();
+      });
+      req.on("end", cut);
       return;
     }
     // Keep Host: the registry builds Location URLs from it, so clients stay on the proxy.
@@ -100,6 +229,26 @@ export async function startFaultProxy(
         const outHeaders = { ...pres.headers };
         if (fault.contentRange && outHeaders["content-range"]) {
           outHeaders["content-range"] = fault.contentRange;
+        }
+        for (const [k, v] of Object.entries(fault.responseHeaders ?? {})) {
+          if (v === null) delete outHeaders[k.toLowerCase()];
+          else outHeaders[k.toLowerCase()] = v;
+        }
+        if (fault.replaceBody) {
+          pres.resume();
+          const rb = fault.replaceBody;
+          const body = toBuffer(rb.body);
+          delete outHeaders["content-length"];
+          delete outHeaders["transfer-encoding"];
+          if (!rb.chunked) outHeaders["content-length"] = String(body.length);
+          for (const [k, v] of Object.entries(rb.headers ?? {})) {
+            if (v === null) delete outHeaders[k.toLowerCase()];
+            else outHeaders[k.toLowerCase()] = v;
+          }
+          res.writeHead(pres.statusCode ?? 502, outHeaders);
+          rec.bytesOut += req.method === "HEAD" ? 0 : body.length;
+          res.end(req.method === "HEAD" ? undefined : body);
+          return;
         }
         res.writeHead(pres.statusCode ?? 502, outHeaders);
         let sent = 0;
@@ -159,7 +308,25 @@ export async function startFaultProxy(
       if (!res.headersSent) res.writeHead(502);
       res.end();
     });
-    req.pipe(preq);
+    if (fault.flipRequestByteAt === undefined) {
+      req.pipe(preq);
+      return;
+    }
+    const flipAt = fault.flipRequestByteAt;
+    let seen = 0;
+    req.on("data", (c: Buffer) => {
+      let buf = c;
+      if (flipAt >= seen && flipAt < seen + c.length) {
+        buf = Buffer.from(c);
+        buf[flipAt - seen] ^= 0xff;
+      }
+      seen += c.length;
+      if (!preq.write(buf)) {
+        req.pause();
+        preq.once("drain", () => req.resume());
+      }
+    });
+    req.on("end", () => preq.end());
   });
   server.on("connection", (s) => {
     sockets.add(s);
