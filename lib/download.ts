@@ -258,8 +258,9 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
 }
 
 /**
- * Small blobs download to `sha256-<hex>-partial-<pid>-<rand>`; a process killed
- * with -9 leaves its file behind. Remove those whose process is gone.
+ * Small blobs download to `sha256-<hex>-partial-<pid>-<rand>` and resume state is
+ * replaced through `…-partial.json.<pid>.tmp`; a process killed with -9 can leave
+ * either behind. Remove those whose process is gone.
  */
 async function removeDeadTempFiles(dir: string): Promise<void> {
   let names: string[];
@@ -269,10 +270,12 @@ async function removeDeadTempFiles(dir: string): Promise<void> {
     return;
   }
   for (const name of names) {
-    const m = /^sha256-[0-9a-f]{64}-partial-(\d+)-[0-9a-f]{8}$/.exec(name);
-    if (!m || Number(m[1]) === process.pid) continue;
+    // Small-blob temp files and resume-state temp files (`-partial.json.<pid>.tmp`).
+    const m = /^sha256-[0-9a-f]{64}-partial(?:-(\d+)-[0-9a-f]{8}|\.json\.(\d+)\.tmp)$/.exec(name);
+    const pid = Number(m?.[1] ?? m?.[2]);
+    if (!m || pid === process.pid) continue;
     try {
-      process.kill(Number(m[1]), 0);
+      process.kill(pid, 0);
       continue; // alive: another haul is writing it
     } catch (e) {
       if ((e as { code?: string }).code === "EPERM") continue;

@@ -158,10 +158,16 @@ Deno.test("download() removes small-blob temp files left by a killed process", a
       dir,
       `${fx.blobs[1].digest.replace(":", "-")}-partial-${process.pid}-abcdef01`,
     );
+    const deadState = path.join(
+      dir,
+      `${fx.blobs[1].digest.replace(":", "-")}-partial.json.999999.tmp`,
+    );
     await fsp.writeFile(dead, "x");
+    await fsp.writeFile(deadState, "{");
     await fsp.writeFile(alive, "x");
     await download({ blobs: fx.blobs, baseUrl: reg.url, repository: "lib/tmp", destDir: dir });
     await assert.rejects(fsp.stat(dead), "a dead process's temp file is gone");
+    await assert.rejects(fsp.stat(deadState), "and its resume-state temp file");
     await fsp.stat(alive); // a live process's temp file stays
   } finally {
     await reg.stop();
