@@ -4,7 +4,10 @@
  * present, mounted when another repository of the same registry has it), then
  * the manifest bytes unchanged, so the destination serves the same digest.
  */
-import { Sha256 } from "./digest.ts";
+import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import process from "node:process";
+import { isDigest, Sha256 } from "./digest.ts";
 import type { Blob } from "./download.ts";
 import {
   IntegrityError,
@@ -150,9 +153,20 @@ export async function push(
     [`repository:${target.repository}:pull,push`],
     options,
   );
+  // Where earlier pushes put each blob on this registry: a mount source for the rest.
+  const ledger = await readPushLedger(store.root);
+  const known = ledger[baseOf(target)] ?? {};
+  const mountFrom = (digest: string) => {
+    if (from) return from;
+    const repo = known[digest];
+    return repo && repo !== target.repository ? repo : undefined;
+  };
   const res = await upload({
     ...options,
-    blobs: blobs.map((b) => from ? { digest: b.digest, size: b.size, from } : b),
+    blobs: blobs.map((b) => {
+      const src = mountFrom(b.digest);
+      return src ? { digest: b.digest, size: b.size, from: src } : b;
+    }),
     baseUrl: baseOf(target),
     repository: target.repository,
     srcDir: store.blobsDir,
@@ -162,6 +176,9 @@ export async function push(
     manifestMediaType: doc.mediaType,
     session,
   });
+  const mine = (ledger[baseOf(target)] ??= {});
+  for (const b of blobs) mine[b.digest] ??= target.repository;
+  await writePushLedger(store.root, ledger);
   options.onEvent?.({ type: "success", ref: formatReference(target) });
   return {
     ...res,
@@ -487,5 +504,46 @@ class RemoteBlobReader implements BlobReader {
       clearTimeout(timer);
       if (signal?.aborted) await reader.cancel().catch(() => {});
     }
+  }
+}
+
+/** `{ "<scheme://host>": { "<digest>": "<repository>" } }`: where pushes left each blob. */
+type PushLedger = Record<string, Record<string, string>>;
+
+const LEDGER_MAX_BLOBS = 100_000;
+const REPO_RE =
+  /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/;
+
+function ledgerPath(root: string): string {
+  return join(root, ".haul", "pushed.json");
+}
+
+async function readPushLedger(root: string): Promise<PushLedger> {
+  try {
+    const doc: unknown = JSON.parse(await readFile(ledgerPath(root), "utf8"));
+    if (typeof doc !== "object" || doc === null || Array.isArray(doc)) return {};
+    const out: PushLedger = {};
+    for (const [base, blobs] of Object.entries(doc)) {
+      if (typeof blobs !== "object" || blobs === null) continue;
+      const entries = Object.entries(blobs as Record<string, unknown>).filter(([d, r]) =>
+        isDigest(d) && typeof r === "string" && REPO_RE.test(r)
+      );
+      out[base] = Object.fromEntries(entries.slice(-LEDGER_MAX_BLOBS)) as Record<string, string>;
+    }
+    return out;
+  } catch {
+    return {}; // absent or unreadable: only a hint
+  }
+}
+
+async function writePushLedger(root: string, ledger: PushLedger): Promise<void> {
+  const path = ledgerPath(root);
+  const tmp = `${path}.${process.pid}.tmp`;
+  try {
+    await mkdir(join(root, ".haul"), { recursive: true });
+    await writeFile(tmp, JSON.stringify(ledger));
+    await rename(tmp, path);
+  } catch {
+    await rm(tmp, { force: true }).catch(() => {});
   }
 }

@@ -302,6 +302,26 @@ for (const runtime of ["deno", "bun"] as const) {
           assert.equal(again.code, 0, again.stderr);
           assert.equal(p2.bytesIn(UPLOADS), total);
           assert.match(again.stderr, /already present/);
+
+          // A re-push to another repository of that registry mounts from where the
+          // first push put the blobs (remembered in the store): no blob byte sent.
+          const repush = await runCli([
+            "push",
+            "--insecure",
+            "--models",
+            models,
+            `${p1.host}/library/tiny`,
+            `${p2.host}/other/tiny`,
+          ], { runtime });
+          assert.equal(repush.code, 0, repush.stderr);
+          assert.equal(p2.bytesIn(UPLOADS), total, "no blob bytes for the re-push");
+          assert.ok(
+            p2.requests.some((r) =>
+              r.method === "POST" && /mount=.*from=library%2Ftiny|from=library\/tiny/.test(r.url)
+            ),
+            "mounted from the first push's repository",
+          );
+          assert.equal(await manifestDigest(two.url, "other/tiny", "latest"), model.manifestDigest);
         } finally {
           await p1.stop();
           await p2.stop();
