@@ -10,6 +10,7 @@
  * re-warmed before every run. Writes bench/RESULTS.md, bench/ratios.svg and the
  * raw runs in bench/results.json. Not part of CI.
  */
+import { type ChildProcess, spawn } from "node:child_process";
 import { parseArgs } from "node:util";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
@@ -30,6 +31,7 @@ import {
   checkTime,
   coldExceptSource,
   findPids,
+  killActive,
   loadAverage,
   measure,
   median,
@@ -68,6 +70,10 @@ not run this time are kept from the previous results file.
   --scenario LIST   subset of P1,P2,P3,P4,P5,P6
   --no-bin          skip dist/haul even when it exists
   --keep            keep the work directory (fixtures, logs)
+  --sweep           instead of the scenarios: haul on the P1 blob with --concurrency
+                    4,8,16,32 × --part-size 16M,32M,64M,128M; writes bench/SWEEP.md
+  --serve           instead of the scenarios: start the registry with the P1 and P2
+                    fixtures and nginx, print their URLs, wait for Ctrl-C (profiling)
   -h, --help        this help
 
 Needs: docker-registry, nginx, curl, aria2c, skopeo, /usr/bin/time (apt: time);
@@ -83,6 +89,8 @@ const { values: opt } = parseArgs({
     scenario: { type: "string" },
     keep: { type: "boolean" },
     "no-bin": { type: "boolean" },
+    sweep: { type: "boolean" },
+    serve: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   },
 });
@@ -201,6 +209,14 @@ async function haulVersion(): Promise<string> {
   }${bin}`;
 }
 
+/** The defaults `haul pull --help` states for concurrency and part size. */
+async function haulDefaults(): Promise<string> {
+  const help = await run(DENO, ["run", "-A", MAIN, "pull", "--help"]).catch(() => "");
+  const pick = (flag: string) =>
+    new RegExp(`${flag}\\s+\\S+.*\\(default ([^)]+)\\)`).exec(help)?.[1] ?? "?";
+  return `--concurrency ${pick("--concurrency")}, --part-size ${pick("--part-size")}`;
+}
+
 function haulAvailable(): boolean {
   return !opt["no-bin"] && fs.existsSync(BIN);
 }
@@ -237,6 +253,48 @@ let workDir = "";
 let registry: Registry | undefined;
 let registryPid = 0;
 const fixtures = new Map<string, Fixt>();
+
+let revived: ChildProcess | undefined;
+let registryRestarts = 0;
+
+async function registryAlive(reg: Registry): Promise<boolean> {
+  try {
+    const res = await fetch(`${reg.url}/v2/`, { signal: AbortSignal.timeout(3000) });
+    await res.body?.cancel();
+    return res.status === 200;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Restarts the main registry on its own config and storage when it is gone: other
+ * engineers' test cleanups on this machine have been seen killing docker-registry
+ * processes that were not theirs.
+ */
+async function ensureRegistry(): Promise<void> {
+  const reg = registry;
+  if (!reg || await registryAlive(reg)) return;
+  log(`registry ${reg.url} is gone: restarting it on the same config and storage`);
+  revived?.kill("SIGKILL");
+  revived = spawn("sh", [
+    "-c",
+    'exec docker-registry serve "$1" >>"$2" 2>&1',
+    "sh",
+    reg.configFile,
+    reg.logFile,
+  ], { stdio: "ignore" });
+  const deadline = Date.now() + 15_000;
+  while (Date.now() < deadline) {
+    if (await registryAlive(reg)) {
+      registryPid = revived.pid ?? 0;
+      registryRestarts++;
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`could not restart the registry at ${reg.url}`);
+}
 
 function registryBlobFile(reg: Registry, digest: string): string {
   const hex = digest.slice("sha256:".length);
@@ -366,6 +424,20 @@ async function cleanOutputs(): Promise<void> {
 let dropped = false;
 
 async function runOne(tool: Tool, round: number, rounds: number, sid: string): Promise<RunRecord> {
+  const restarts = registryRestarts;
+  await ensureRegistry();
+  const rec = await runOnce(tool, round, rounds, sid);
+  if (!rec.ok) {
+    await ensureRegistry();
+    if (registryRestarts !== restarts) {
+      log(`[${sid} ${round}/${rounds}] ${tool.label}: the registry was restarted; running again`);
+      return await runOnce(tool, round, rounds, sid);
+    }
+  }
+  return rec;
+}
+
+async function runOnce(tool: Tool, round: number, rounds: number, sid: string): Promise<RunRecord> {
   if (!tool.keepOutputs) await cleanOutputs();
   await tool.before?.();
   dropped = await coldExceptSource(tool.warm());
@@ -689,7 +761,7 @@ async function p2(): Promise<ScenarioBody> {
       title: `one ${fmtBytes(size)} blob behind nginx limit_rate ${RATE / 1e6} MB/s per connection`,
       about: [
         `nginx ${ng.host} → docker-registry ${reg.host}: \`limit_rate ${RATE};\`, proxy_buffering on, proxy_max_temp_file_size 0, upstream keepalive; config in the work dir.`,
-        `haul: default settings (--concurrency 16, --part-size 64M); aria2c: \`aria2c -x16 -s16 -k1M -d DIR -o blob <URL>\` (no verification).`,
+        `haul: default settings (${await haulDefaults()}); aria2c: \`aria2c -x16 -s16 -k1M -d DIR -o blob <URL>\` (no verification).`,
         "skopeo gets one connection (≈ 43 s per GiB at this rate), so it runs in the first round only.",
         "Bytes: `$body_bytes_sent` from nginx's access log.",
       ],
@@ -1156,14 +1228,103 @@ async function preflight(): Promise<void> {
 }
 
 async function cleanup(): Promise<void> {
+  revived?.kill("SIGTERM");
   await registry?.stop().catch(() => {});
   registry = undefined;
   if (workDir && !opt.keep) await fsp.rm(workDir, { recursive: true, force: true });
   else if (workDir) log(`work dir kept: ${workDir}`);
 }
 
+const SWEEP_CONCURRENCY = [4, 8, 16, 32];
+const SWEEP_PART = ["16M", "32M", "64M", "128M"];
+
+/** haul on the P1 blob over a grid of --concurrency × --part-size. */
+async function sweep(): Promise<void> {
+  const size = SIZES.p1;
+  const f = await fixture(`p1-${size}`, [size], 11);
+  const reg = await mainRegistry();
+  const ref = `${reg.host}/${f.repo}:${f.tag}`;
+  const tools: Tool[] = [];
+  for (const c of SWEEP_CONCURRENCY) {
+    for (const p of SWEEP_PART) {
+      tools.push({
+        ...haulPullTool(
+          "deno",
+          ref,
+          f,
+          ["--concurrency", String(c), "--part-size", p],
+          `c${c}-p${p}`,
+          `haul -c ${c} -p ${p}`,
+        ),
+        bytes: () => registryLogCounter(reg),
+      });
+    }
+  }
+  const load = loadAverage();
+  const date = new Date().toISOString().replace(/\.\d+Z$/, "Z");
+  const records = await runRounds("sweep", tools, ROUNDS);
+  const cell = (id: string) => {
+    const w = wallOf(records, id);
+    return Number.isFinite(w)
+      ? `${fmtS(w)} s / ${fmtS(cpuOf(records, id))} s / ${rssOf(records, id).toFixed(0)} MB`
+      : "failed";
+  };
+  const md = [
+    `# haul pull: --concurrency × --part-size`,
+    "",
+    `One ${
+      fmtBytes(size)
+    } blob from docker-registry on loopback (the P1 fixture), verified into the store;`,
+    `median of ${ROUNDS} round(s) per cell, cells alternating, page cache dropped before each run.`,
+    `Run ${date}; load average at start ${
+      load.join(" / ")
+    }; ${CORES} cores; ${await haulVersion()}.`,
+    "",
+    "Cells: wall / CPU (user+sys) / peak RSS.",
+    "",
+    `| --concurrency | ${SWEEP_PART.map((p) => `--part-size ${p}`).join(" | ")} |`,
+    `|---:|${SWEEP_PART.map(() => "---:").join("|")}|`,
+    ...SWEEP_CONCURRENCY.map((c) =>
+      `| ${c} | ${SWEEP_PART.map((p) => cell(`c${c}-p${p}`)).join(" | ")} |`
+    ),
+    "",
+    `Other load (median cores busy with unrelated work during the runs): ${
+      median(records.map((r) => r.others)).toFixed(2)
+    }.`,
+    "",
+  ].join("\n");
+  await fsp.mkdir(BENCH_DIR, { recursive: true });
+  await fsp.writeFile(path.join(BENCH_DIR, `SWEEP${suffix}.md`), md);
+  await fsp.writeFile(
+    path.join(BENCH_DIR, `sweep${suffix}.json`),
+    JSON.stringify({ date, load, records }, null, 1) + "\n",
+  );
+  log(md);
+}
+
+/** Registry with the P1/P2 fixtures and nginx in front, until Ctrl-C. */
+async function serve(): Promise<void> {
+  const f1 = await fixture(`p1-${SIZES.p1}`, [SIZES.p1], 11);
+  const f2 = await fixture(`p2-${SIZES.p2}`, [SIZES.p2], 22);
+  const reg = await mainRegistry();
+  const ng = await startNginx(path.join(workDir, "nginx"), reg.host, RATE);
+  for (const [f, via] of [[f1, reg.host], [f2, reg.host], [f2, ng.host]] as const) {
+    console.log(`${via}/${f.repo}:${f.tag}`);
+    console.log(`  blob http://${via}/v2/${f.repo}/blobs/${f.layers[0].digest}`);
+    console.log(`  file ${f.layers[0].file}`);
+  }
+  console.log("serving; Ctrl-C to stop");
+  await new Promise(() => {});
+}
+
 async function main(): Promise<number> {
   await preflight();
+  if (opt.serve || opt.sweep) {
+    workDir = await tmpDir("haul-bench");
+    if (opt.serve) await serve();
+    else await sweep();
+    return 0;
+  }
   const m = await machine();
   const results = await loadResults(m);
   workDir = await tmpDir("haul-bench");
@@ -1175,6 +1336,7 @@ async function main(): Promise<number> {
   const t0 = performance.now();
   for (const id of SELECTED) {
     const started = performance.now();
+    const restarts = registryRestarts;
     const load = loadAverage();
     const date = new Date().toISOString().replace(/\.\d+Z$/, "Z");
     log(`\n=== ${id} (load ${load.join(" ")}) ===`);
@@ -1202,6 +1364,13 @@ async function main(): Promise<number> {
       tools: body.tools.map(({ id, label, once }) => (once ? { id, label, once } : { id, label })),
     };
     if (!dropped) s.notes.push("The page cache could not be dropped (not root): runs were warm.");
+    if (registryRestarts > restarts) {
+      s.notes.push(
+        `The registry was killed from outside ${
+          registryRestarts - restarts
+        } time(s) and restarted on the same storage; the runs it broke were run again.`,
+      );
+    }
     results.scenarios[id] = s;
     await writeResults(results);
     for (const x of summarize(s)) {
@@ -1226,6 +1395,7 @@ const onSignal = async () => {
   if (exiting) Deno.exit(130);
   exiting = true;
   log("interrupted: cleaning up");
+  killActive();
   await cleanup();
   Deno.exit(130);
 };

@@ -86,6 +86,16 @@ function snap(serverPids: number[]): CpuSnap {
   return { busy, steal, servers, self: (u.user + u.system) / 1e6 };
 }
 
+let active: number | undefined;
+
+/** Kills the process group of the child being measured, if any (on interrupt). */
+export function killActive(): void {
+  if (active === undefined) return;
+  try {
+    process.kill(-active, "SIGKILL");
+  } catch { /* gone */ }
+}
+
 /** Runs `cmd` under /usr/bin/time and measures it (never throws for a failing child). */
 export async function measure(cmd: string[], opts: MeasureOptions = {}): Promise<Measured> {
   const tfile = path.join(os.tmpdir(), `haul-bench-time-${process.pid}-${Date.now()}.txt`);
@@ -98,6 +108,7 @@ export async function measure(cmd: string[], opts: MeasureOptions = {}): Promise
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
   });
+  active = child.pid;
   const out: Uint8Array[] = [];
   const err: Uint8Array[] = [];
   child.stdout!.on("data", (c: Uint8Array) => out.push(c));
@@ -114,6 +125,7 @@ export async function measure(cmd: string[], opts: MeasureOptions = {}): Promise
     child.once("exit", (c, s) => resolve(c ?? 128 + (s === "SIGKILL" ? 9 : 15)));
   });
   const wall = (performance.now() - t0) / 1000;
+  active = undefined;
   clearTimeout(timer);
   const after = snap(pids);
   const text = await fsp.readFile(tfile, "utf8").catch(() => "");
