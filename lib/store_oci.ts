@@ -10,16 +10,7 @@
  * file, fsync, rename) under a lock file, so two haul processes adding images to one layout
  * do not lose each other's entry. Blobs are written under their digest only once verified.
  */
-import {
-  type FileHandle,
-  mkdir,
-  open,
-  readFile,
-  rename,
-  rm,
-  stat,
-  writeFile,
-} from "node:fs/promises";
+import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { randomBytes } from "node:crypto";
 import { checkDigest, sha256Digest } from "./digest.ts";
@@ -33,7 +24,7 @@ import {
 } from "./errors.ts";
 import { syncDir, syncPath } from "./fsio.ts";
 import { waitForLock } from "./lock.ts";
-import type { BlobReader } from "./upload.ts";
+import { type BlobReader, openBlobFile } from "./upload.ts";
 import {
   type Descriptor,
   MAX_MANIFEST_BYTES,
@@ -187,46 +178,8 @@ export class OciLayout {
    * checks the digest when the upload closes).
    * @throws {NotFoundError} when the blob is missing from the layout.
    */
-  async openBlob(blob: { digest: string; size: number }): Promise<BlobReader> {
-    const path = this.blobPath(blob.digest);
-    let fh: FileHandle;
-    try {
-      fh = await open(path, "r");
-    } catch (e) {
-      const code = (e as { code?: string }).code;
-      if (code === "ENOENT" || code === "ENOTDIR") {
-        throw new NotFoundError(`Blob ${blob.digest} is missing from the layout: ${path}`);
-      }
-      throw storeError("open", path, e);
-    }
-    try {
-      const st = await fh.stat();
-      if (!st.isFile() || st.size !== blob.size) {
-        throw new IntegrityError(
-          `${path} is ${st.size} bytes but the manifest says ${blob.size}`,
-        );
-      }
-    } catch (e) {
-      await fh.close().catch(() => {});
-      throw e instanceof HaulError ? e : storeError("read", path, e);
-    }
-    return {
-      async read(offset, length) {
-        const out = new Uint8Array(length);
-        for (let n = 0; n < length;) {
-          let got: number;
-          try {
-            got = (await fh.read(out, n, length - n, offset + n)).bytesRead;
-          } catch (e) {
-            throw storeError("read", path, e);
-          }
-          if (got === 0) throw new IntegrityError(`${path} ended at ${offset + n} bytes`);
-          n += got;
-        }
-        return out;
-      },
-      close: () => fh.close().catch(() => {}),
-    };
+  openBlob(blob: { digest: string; size: number }): Promise<BlobReader> {
+    return openBlobFile(this.blobPath(blob.digest), blob, { where: "the layout" });
   }
 
   /** Every entry of index.json, in order (none when the file does not exist yet). */

@@ -189,15 +189,29 @@ export function parseUploadRange(value: string | null, hint = 0): number | undef
 }
 
 /** Opens `sha256-<hex>` in `dir`, checking it is a file of the expected size. */
-export async function openStoreBlob(dir: string, blob: Blob): Promise<BlobReader> {
-  const path = join(dir, digestToFileName(blob.digest));
+export function openStoreBlob(dir: string, blob: Blob): Promise<BlobReader> {
+  return openBlobFile(join(dir, digestToFileName(blob.digest)), blob, {
+    where: "the store",
+    fix: ": pull the model again",
+  });
+}
+
+/**
+ * Opens a blob file for reading in pieces, checking it is a regular file of the
+ * expected size; `where` and `fix` word the errors ("missing from the store").
+ */
+export async function openBlobFile(
+  path: string,
+  blob: { digest: string; size: number },
+  words: { where: string; fix?: string },
+): Promise<BlobReader> {
   let fh: FileHandle;
   try {
     fh = await open(path, "r");
   } catch (e) {
     const code = (e as { code?: string }).code;
     if (code === "ENOENT" || code === "ENOTDIR") {
-      throw new NotFoundError(`Blob ${blob.digest} is missing from the store: ${path}`);
+      throw new NotFoundError(`Blob ${blob.digest} is missing from ${words.where}: ${path}`);
     }
     throw storeError("open", path, e);
   }
@@ -206,7 +220,7 @@ export async function openStoreBlob(dir: string, blob: Blob): Promise<BlobReader
     if (!st.isFile()) throw new NotFoundError(`Blob ${blob.digest} is not a file: ${path}`);
     if (st.size !== blob.size) {
       throw new IntegrityError(
-        `Blob ${path} is ${st.size} bytes but the manifest says ${blob.size}: pull the model again`,
+        `Blob ${path} is ${st.size} bytes but the manifest says ${blob.size}${words.fix ?? ""}`,
       );
     }
   } catch (e) {
