@@ -31,7 +31,7 @@ import {
   describe,
   type OpenBlob,
   openStoreBlob,
-  putManifest,
+  putIndex,
   SourceDigestError,
   upload,
   type UploadResult,
@@ -277,17 +277,14 @@ export async function copy(
       : {}),
   });
   if (topDoc.kind === "index") {
-    options.onEvent?.({ type: "manifest-write", op: "push" });
-    for (const c of children) {
-      await putManifest(destSession, target.repository, c.digest, c.bytes, {
-        mediaType: c.mediaType,
-        signal: options.signal,
-      });
-    }
-    res.manifestDigest = await putManifest(destSession, target.repository, manifestRef, top.bytes, {
-      mediaType: topDoc.mediaType,
-      signal: options.signal,
-    });
+    res.manifestDigest = await putIndex(
+      destSession,
+      target.repository,
+      manifestRef,
+      { bytes: top.bytes, mediaType: topDoc.mediaType },
+      children,
+      options,
+    );
   }
   options.onEvent?.({ type: "success", ref: formatReference(target) });
   return {

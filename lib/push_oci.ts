@@ -18,7 +18,7 @@ import type { PushOptions, PushResult } from "./push.ts";
 import { formatReference, type Reference } from "./reference.ts";
 import { createSession } from "./session.ts";
 import { OciLayout } from "./store_oci.ts";
-import { putManifest, upload } from "./upload.ts";
+import { putIndex, upload } from "./upload.ts";
 
 interface LayoutDoc {
   digest: string;
@@ -99,17 +99,14 @@ export async function pushFromLayout(
       : {}),
   });
   if (top.doc.kind === "index") {
-    options.onEvent?.({ type: "manifest-write", op: "push" });
-    for (const c of children) {
-      await putManifest(session, target.repository, c.digest, c.bytes, {
-        mediaType: c.mediaType,
-        signal: options.signal,
-      });
-    }
-    res.manifestDigest = await putManifest(session, target.repository, manifestRef, top.bytes, {
-      mediaType: top.mediaType,
-      signal: options.signal,
-    });
+    res.manifestDigest = await putIndex(
+      session,
+      target.repository,
+      manifestRef,
+      { bytes: top.bytes, mediaType: top.mediaType },
+      children,
+      options,
+    );
   }
   options.onEvent?.({ type: "success", ref: formatReference(target) });
   return {

@@ -490,6 +490,32 @@ class UploadTarget {
 }
 
 /**
+ * Puts an index after the manifests it lists (each by digest), so the
+ * registry never holds an index naming a manifest it lacks. Returns the
+ * index's digest as the registry reports it.
+ */
+export async function putIndex(
+  session: Session,
+  repository: string,
+  reference: string,
+  index: { bytes: Uint8Array; mediaType: string },
+  children: { digest: string; bytes: Uint8Array; mediaType: string }[],
+  options: { signal?: AbortSignal; onEvent?: OnProgress } = {},
+): Promise<string> {
+  options.onEvent?.({ type: "manifest-write", op: "push" });
+  for (const c of children) {
+    await putManifest(session, repository, c.digest, c.bytes, {
+      mediaType: c.mediaType,
+      signal: options.signal,
+    });
+  }
+  return await putManifest(session, repository, reference, index.bytes, {
+    mediaType: index.mediaType,
+    signal: options.signal,
+  });
+}
+
+/**
  * PUTs manifest bytes unchanged under `reference`, with their own media type as
  * Content-Type; checks the digest the registry reports.
  *
