@@ -634,7 +634,14 @@ async function runAttempt(
   const { tuning } = ctx;
   const ac = new AbortController();
   const outer = hooks.signal ?? ctx.signal;
-  const onAbort = () => ac.abort(outer?.reason ?? new InterruptedError());
+  // Aborting the fetch does not always settle a pending read of a re-wrapped body
+  // (Deno; scripts/bench/repro_wrapped_abort.ts): cancel the reader as well.
+  let activeReader: { cancel(reason?: unknown): Promise<void> } | undefined;
+  const stop = (reason: unknown) => {
+    ac.abort(reason);
+    activeReader?.cancel(reason).catch(() => {});
+  };
+  const onAbort = () => stop(outer?.reason ?? new InterruptedError());
   outer?.addEventListener("abort", onAbort, { once: true });
   if (outer?.aborted) onAbort();
 
@@ -652,14 +659,14 @@ async function runAttempt(
     if (!headersAt) return;
     if (now - lastByte >= tuning.stallTimeoutMs) {
       cut = new AttemptCut("stall", `no data for ${tuning.stallTimeoutMs / 1000} s`);
-      ac.abort(cut);
+      stop(cut);
       return;
     }
     const median = hooks.speeds?.median();
     const elapsed = now - headersAt;
     if (median && elapsed > 5000 && received / elapsed < median * 0.1) {
       cut = new AttemptCut("slow", `part is under 10% of the median speed`);
-      ac.abort(cut);
+      stop(cut);
     }
   }, Math.min(1000, Math.max(50, tuning.stallTimeoutMs / 4)));
 
@@ -737,6 +744,8 @@ async function runAttempt(
     } catch {
       reader = res.body.getReader();
     }
+    activeReader = byob ?? reader;
+    if (ac.signal.aborted) activeReader!.cancel(ac.signal.reason).catch(() => {});
     try {
       for (;;) {
         let chunk: Uint8Array;
@@ -798,6 +807,7 @@ async function runAttempt(
         if (filled && Date.now() - flushedAt > 1000) await flush();
       }
     } finally {
+      activeReader = undefined;
       (byob ?? reader)!.releaseLock();
     }
     await flush();

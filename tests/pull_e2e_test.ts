@@ -557,3 +557,49 @@ Deno.test("haul pull: Ctrl-C stops promptly with a message and exit 130; the nex
     await fsp.rm(models, { recursive: true, force: true });
   }
 });
+
+Deno.test("haul pull recovers stalled parts served through a redirect (a re-wrapped body)", async () => {
+  const model = makeOllamaModel({ layerSizes: [300, 40 * MiB + 1], seed: 63 });
+  const models = await tmpDir("haul-models");
+  try {
+    await withRegistry({}, async (reg) => {
+      await pushFixture(reg, "library/cdnstall", "latest", model);
+      let stalled = 0;
+      const cdn = await startFaultProxy(reg.url, {
+        rule: (req) =>
+          req.method === "GET" && req.url.includes("/blobs/") && req.headers.range && stalled++ < 6
+            ? { stallAfter: 100_000 }
+            : undefined,
+      });
+      const front = await startFaultProxy(reg.url, {
+        rule: (req) =>
+          req.method !== "HEAD" && /\/blobs\/sha256:/.test(req.url)
+            ? { redirectTo: `${cdn.url}${req.url}` }
+            : undefined,
+      });
+      try {
+        const r = await runCli([
+          "pull",
+          "--insecure",
+          "--stall-timeout",
+          "1",
+          "--part-size",
+          "4M",
+          "--models",
+          models,
+          `${front.host}/library/cdnstall`,
+        ], { timeoutMs: 90_000 });
+        assert.equal(r.timedOut, false, "no hang");
+        assert.equal(r.code, 0, r.stderr);
+        assert.ok(stalled >= 6, "the stalls happened");
+        await assertStored(models, front.host, "library/cdnstall", "latest", model);
+      } finally {
+        await cdn.stop();
+        await front.stop();
+      }
+    });
+  } finally {
+    await model.cleanup?.();
+    await fsp.rm(models, { recursive: true, force: true });
+  }
+});

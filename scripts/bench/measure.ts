@@ -31,6 +31,8 @@ export interface Measured {
   others: number;
   /** Average cores stolen by the hypervisor. */
   steal: number;
+  /** CPU seconds the servers of the scenario (registry, nginx) used meanwhile. */
+  serverCpu: number;
   /** Killed by our timeout. */
   timedOut: boolean;
   stdout: string;
@@ -148,6 +150,7 @@ export async function measure(cmd: string[], opts: MeasureOptions = {}): Promise
     rssMB: Number.isFinite(m) ? (m * 1024) / 1e6 : NaN,
     others: Math.max(0, otherCpu) / wall,
     steal: (after.steal - before.steal) / wall,
+    serverCpu: after.servers - before.servers,
     timedOut,
     stdout: join(out),
     stderr: join(err),

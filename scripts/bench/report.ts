@@ -20,6 +20,8 @@ export interface RunRecord {
   /** Average cores busy with unrelated work during the run. */
   others: number;
   steal: number;
+  /** CPU seconds of the scenario's servers (registry, nginx) during the run. */
+  serverCpu?: number;
 }
 
 export interface ToolInfo {
@@ -73,6 +75,8 @@ export interface Machine {
 
 export interface Results {
   quick: boolean;
+  /** Seconds of rest after each cache drop. */
+  settle?: number;
   machine: Machine;
   scenarios: Record<string, ScenarioResult>;
 }
@@ -88,6 +92,7 @@ export interface Summary {
   rssMB: number;
   bytes: number;
   others: number;
+  serverCpu: number;
 }
 
 /** Medians per tool over the successful runs. */
@@ -107,6 +112,7 @@ export function summarize(s: ScenarioResult): Summary[] {
       rssMB: median(ok.map((r) => r.rssMB)),
       bytes: median(ok.map((r) => r.bytes ?? NaN)),
       others: median(rs.map((r) => r.others)),
+      serverCpu: median(ok.map((r) => r.serverCpu ?? NaN)),
     };
   });
 }
@@ -141,15 +147,15 @@ function scenarioMd(s: ScenarioResult): string {
   for (const a of s.about) out.push(`- ${a}`);
   if (s.about.length) out.push("");
   out.push(
-    "| Tool | runs | wall s (median) | wall min–max | CPU s (user+sys) | peak RSS MB | bytes over HTTP | other load (cores) |",
-    "|---|---:|---:|---:|---:|---:|---:|---:|",
+    "| Tool | runs | wall s (median) | wall min–max | CPU s (user+sys) | peak RSS MB | bytes over HTTP | server CPU s | other load (cores) |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
   );
   for (const x of sums) {
     const runs = `${x.n}${x.failed ? ` (+${x.failed} failed)` : ""}${x.tool.once ? " (once)" : ""}`;
     out.push(
       `| ${x.tool.label} | ${runs} | ${fmtS(x.wall)} | ${fmtS(x.wallMin)}–${fmtS(x.wallMax)} | ${
         fmtS(x.cpu)
-      } | ${fmtMB(x.rssMB)} | ${fmtBytes(x.bytes)} | ${
+      } | ${fmtMB(x.rssMB)} | ${fmtBytes(x.bytes)} | ${fmtS(x.serverCpu)} | ${
         Number.isFinite(x.others) ? x.others.toFixed(2) : "—"
       } |`,
     );
@@ -199,12 +205,16 @@ export function renderMarkdown(r: Results): string {
     }`,
     `- Generated ${new Date().toISOString()}`,
     "- Before every run: outputs deleted, `sync`, `echo 1 > /proc/sys/vm/drop_caches`, then the",
-    "  registry's blob file read once so the source is warm.",
+    `  registry's blob file read once so the source is warm, then ${r.settle ?? 0} s of rest (see`,
+    '  "Page cache and guest memory" below).',
     "- wall: spawn to exit, monotonic clock of the harness. CPU: user + sys of the child from",
     "  `/usr/bin/time` (wait4 rusage, descendants included). peak RSS: `/usr/bin/time` %M.",
+    "- server CPU: CPU seconds of the scenario's registry (and nginx) during the run.",
     "- other load: average cores busy during the run with anything but the measured child, the",
     "  servers of the scenario (registry, nginx) and the harness (from /proc/stat); other",
-    "  engineers' tests share this machine, so a high value marks a disturbed run.",
+    "  engineers' tests share this machine, so a high value marks a disturbed run. It also",
+    "  counts kernel threads working for the child (page-cache writeback, reclaim), so",
+    "  write-heavy runs show ~0.1-0.5 even on a quiet machine.",
     "",
     "## Targets",
     "",
@@ -221,6 +231,19 @@ export function renderMarkdown(r: Results): string {
     }
   }
   out.push("", "![haul/peer ratios](ratios" + (r.quick ? "-quick" : "") + ".svg)", "");
+  out.push(
+    "## Page cache and guest memory",
+    "",
+    "This machine is a Firecracker VM whose balloon reports freed guest pages to the host",
+    "(`/sys/module/page_reporting`); touching reported memory again is slow. Measured here:",
+    "writing 2 GiB into the page cache after a cache drop costs 0.4 s of sys time with",
+    "`write()` calls of 128-384 KiB but 3-5.7 s with calls of 1-8 MiB (`dd bs=…`, and the",
+    "file shows up as FileHugePages: large writes get huge folios), and whether the cost is",
+    "paid depends on whether the reporting pass ran before the run. The harness therefore",
+    "rests a few seconds after each drop so every run starts from the same (reported) state.",
+    "curl writes 8 KiB at a time and never pays it.",
+    "",
+  );
   for (const s of ordered(r)) out.push(scenarioMd(s));
   return out.join("\n") + "\n";
 }
