@@ -1,15 +1,16 @@
 /**
- * Floor probe: write SIZE bytes to a new file in 8 MiB writes with Deno.FsFile
- * (no fsync), the fastest file writes measured in Deno here.
- * Usage: floor_write.ts FILE SIZE
+ * Floor probe: write SIZE bytes to a new file with Deno.FsFile (no fsync), in
+ * writes of BLOCK bytes (default 8 MiB, the issue's floor).
+ * Usage: floor_write.ts FILE SIZE [BLOCK]
  */
-const [file, sizeArg] = Deno.args;
+const [file, sizeArg, blockArg] = Deno.args;
 const size = Number(sizeArg);
-if (!file || !Number.isSafeInteger(size)) {
-  console.error("usage: floor_write.ts FILE SIZE");
+const block = Number(blockArg ?? 8 << 20);
+if (!file || !Number.isSafeInteger(size) || !Number.isSafeInteger(block) || block < 1) {
+  console.error("usage: floor_write.ts FILE SIZE [BLOCK]");
   Deno.exit(2);
 }
-const buf = new Uint8Array(8 << 20);
+const buf = new Uint8Array(block);
 // Not all zeros, so no layer can special-case it.
 for (let i = 0; i < buf.length; i += 4096) buf[i] = (i >> 12) & 0xff;
 const f = await Deno.open(file, { write: true, create: true, truncate: true });
