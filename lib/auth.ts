@@ -8,7 +8,7 @@
 import { type Challenge, parseChallenges, pickChallenge } from "./auth_challenge.ts";
 import { type Credential, loadCredential } from "./credentials.ts";
 import { AuthError, redactUrl } from "./errors.ts";
-import type { Fetch } from "./transport.ts";
+import { type Fetch, ReplayNeeded, SEND_ONCE } from "./transport.ts";
 
 /** What a custom token function receives (as in Ollama's transfer package). */
 export interface AuthChallenge {
@@ -243,12 +243,20 @@ export function withAuth(next: Fetch, auth: Authenticator): Fetch {
       headers.delete("authorization");
       return next(new Request(req, { headers }));
     }
-    const replay = req.body !== null ? req.clone() : undefined;
+    const once = req.headers.has(SEND_ONCE);
+    const replay = req.body !== null && !once ? req.clone() : undefined;
     const sent = await auth.header();
     const res = await next(sent ? withHeader(req, "authorization", sent) : req);
     if (res.status !== 401) {
       await replay?.body?.cancel().catch(() => {});
       return res;
+    }
+    if (once && req.body !== null) {
+      // The body went with the first try: refresh the token, let the caller resend.
+      const again = await auth.challenge(res.headers.get("www-authenticate"), sent, req.signal);
+      await res.body?.cancel().catch(() => {});
+      if (again) throw new ReplayNeeded(401, req.url);
+      return new Response(null, { status: 401, statusText: res.statusText, headers: res.headers });
     }
     const again = await auth.challenge(res.headers.get("www-authenticate"), sent, req.signal);
     if (!again) {
@@ -265,5 +273,6 @@ export function withAuth(next: Fetch, auth: Authenticator): Fetch {
 function withHeader(req: Request, name: string, value: string): Request {
   const headers = new Headers(req.headers);
   headers.set(name, value);
-  return new Request(req, { headers });
+  // deno-lint-ignore no-explicit-any
+  return new Request(req, { headers, ...(req.body ? { duplex: "half" } as any : {}) });
 }

@@ -112,3 +112,19 @@ export async function syncDir(dir: string): Promise<void> {
 export function preadSync(fd: number, buf: Uint8Array, length: number, position: number): number {
   return fs.readSync(fd, buf, 0, length, position);
 }
+
+interface BunNs {
+  file(path: string): Blob;
+}
+const bunNs = (globalThis as { Bun?: BunNs }).Bun;
+
+/**
+ * `[start, end)` of a file as a `Blob` the runtime reads as it sends, where the
+ * runtime has file-backed blobs (Bun: `Bun.file().slice()`, sent with bounded
+ * memory and cheap to clone for a replay); undefined elsewhere (Deno's fetch
+ * then gets a `ReadableStream`). Measured: a 2 GiB push in 256 MiB PATCHes took
+ * 32 MB of RSS this way in Bun, 1.1 GB with a ReadableStream body (Bun buffers it).
+ */
+export function fileSliceBody(path: string, start: number, end: number): Blob | undefined {
+  return bunNs?.file ? bunNs.file(path).slice(start, end) : undefined;
+}

@@ -43,7 +43,34 @@ export function baseFetch(options: BaseFetchOptions = {}): Fetch {
     } else if (g.Bun) extra = { tls: { ca: options.caCerts } };
   }
   if (options.insecureTls && g.Bun) extra = { tls: { ...extra.tls, rejectUnauthorized: false } };
-  return (req) => fetch(req, { redirect: "manual", ...extra });
+  return (req) => {
+    if (req.headers.has(SEND_ONCE)) {
+      const headers = new Headers(req.headers);
+      headers.delete(SEND_ONCE);
+      // deno-lint-ignore no-explicit-any
+      req = new Request(req, { headers, duplex: "half" } as any);
+    }
+    return fetch(req, { redirect: "manual", ...extra });
+  };
+}
+
+/**
+ * Request header (stripped before sending) marking a streamed body that must
+ * not be buffered for a replay: the redirect and auth layers then keep no copy
+ * and, where they would have to send the body again (a redirect that keeps the
+ * method, a 401 challenge), throw {@link ReplayNeeded} instead. Uploads stream
+ * large chunks from disk this way and resend such a chunk from a buffer.
+ */
+export const SEND_ONCE = "x-haul-send-once";
+
+/** A request marked {@link SEND_ONCE} needed its body sent again. */
+export class ReplayNeeded extends Error {
+  readonly status: number;
+  constructor(status: number, url: string) {
+    super(`HTTP ${status} for a streamed upload to ${redactUrl(url)}; it has to be sent again`);
+    this.name = "ReplayNeeded";
+    this.status = status;
+  }
 }
 
 /**
@@ -153,13 +180,17 @@ export function withRedirects(next: Fetch, max = 10): Fetch {
     let current = req;
     const first = new URL(req.url).origin;
     for (let hop = 0;; hop++) {
-      const replay = current.body !== null ? current.clone() : undefined;
+      const once = current.headers.has(SEND_ONCE);
+      const replay = current.body !== null && !once ? current.clone() : undefined;
       const res = await next(current);
       if (!REDIRECTS.has(res.status) || !res.headers.has("location")) {
         await replay?.body?.cancel().catch(() => {});
         return hop === 0 ? res : withFinalUrl(res, current.url);
       }
       await res.body?.cancel().catch(() => {});
+      if (once && current.body !== null && res.status !== 303) {
+        throw new ReplayNeeded(res.status, current.url);
+      }
       if (hop >= max) {
         await replay?.body?.cancel().catch(() => {});
         throw new NetworkError(`Too many redirects (over ${max}) from ${redactUrl(req.url)}`);

@@ -54,15 +54,19 @@ import {
   sleep,
 } from "./retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "./session.ts";
-import { finalUrl } from "./transport.ts";
+import { finalUrl, ReplayNeeded, SEND_ONCE } from "./transport.ts";
+import { fileSliceBody } from "./fsio.ts";
 
 /** Tuning for uploads; every field has a measured default (see {@link DEFAULT_UPLOAD_TUNING}). */
 export interface UploadTuning {
   /** Blobs uploading at once (each blob is one sequential session). @default 8 */
   concurrency?: number;
   /**
-   * Bytes per PATCH request; blobs up to this size go up in a single PUT. Each
-   * blob in flight holds one chunk in memory. @default 16 MiB
+   * Bytes per PATCH request; blobs up to this size go up in a single PUT. Without
+   * it: blobs up to 16 MiB go up in one PUT, larger ones from a file are streamed
+   * in 256 MiB PATCHes (read as they are sent, so memory does not grow with the
+   * chunk), and sources that cannot stream (copy) send 16 MiB chunks from memory.
+   * @default see above
    */
   chunkSize?: number;
 }
@@ -80,13 +84,27 @@ export interface UploadTuning {
  */
 export const DEFAULT_UPLOAD_TUNING = {
   concurrency: 8,
+  /** Single-PUT limit and chunk size for sources that cannot stream. */
   chunkSize: 16 << 20,
+  /** Chunk size for streamed chunks (store and OCI layout files). */
+  streamChunkSize: 256 << 20,
 } as const;
 
 /** Reads a blob's bytes for upload. */
 export interface BlobReader {
   /** Exactly the bytes `[offset, offset + length)` of the blob, in a fresh buffer. */
   read(offset: number, length: number, signal?: AbortSignal): Promise<Uint8Array>;
+  /**
+   * The same bytes as a body read as it is sent (bounded memory): a file-backed
+   * `Blob` where the runtime has one (replayable), else a stream (sent once).
+   * Readers that have it get large chunks streamed, see
+   * {@link UploadTuning.chunkSize}. `onBytes` gets the stream's bytes handed over so far.
+   */
+  stream?(
+    offset: number,
+    length: number,
+    onBytes?: (sent: number) => void,
+  ): ReadableStream<Uint8Array<ArrayBuffer>> | globalThis.Blob;
   close(): Promise<void>;
 }
 
@@ -245,9 +263,39 @@ export async function openBlobFile(
       }
       return out;
     },
+    stream(offset, length, onBytes) {
+      const blob = fileSliceBody(path, offset, offset + length);
+      if (blob) return blob;
+      let pos = offset;
+      const end = offset + length;
+      return new ReadableStream<Uint8Array<ArrayBuffer>>({
+        async pull(controller) {
+          const n = Math.min(STREAM_READ, end - pos);
+          if (n <= 0) return controller.close();
+          const buf = new Uint8Array(n);
+          let got: number;
+          try {
+            got = (await fh.read(buf, 0, n, pos)).bytesRead;
+          } catch (e) {
+            return controller.error(storeError("read", path, e));
+          }
+          if (got === 0) {
+            return controller.error(
+              new IntegrityError(`${path} ended at ${pos} bytes while being sent`),
+            );
+          }
+          pos += got;
+          controller.enqueue(got === n ? buf : buf.subarray(0, got));
+          onBytes?.(pos - offset);
+        },
+      }, { highWaterMark: 2 });
+    },
     close: () => fh.close().catch(() => {}),
   };
 }
+
+/** Read size of a streamed chunk: 1 MiB reads, two queued (bounded memory). */
+const STREAM_READ = 1 << 20;
 
 /** A failure while talking to the registry, and whether trying again may help. */
 class UploadStepError extends Error {
@@ -317,6 +365,7 @@ class UploadTarget {
       // A NetworkError from the transport (too many redirects, retries spent on a bodiless
       // request) may pass on a later try, as pull retries it.
       if (err instanceof NetworkError) throw new UploadStepError(err, true);
+      if (err instanceof ReplayNeeded) throw new UploadStepError(err, true);
       if (err instanceof HaulError) throw err;
       if (isTransientError(err)) throw new UploadStepError(err, true);
       throw err;
@@ -412,29 +461,42 @@ class UploadTarget {
     return { location: next, offset };
   }
 
-  /** Sends one chunk; returns the next URL and the offset the registry reports. */
+  /**
+   * Sends one chunk, from memory or streamed (`{ stream, length }`, sent once:
+   * see SEND_ONCE); returns the next URL and the offset the registry reports.
+   */
   async patch(
     location: string,
     offset: number,
-    data: Uint8Array,
+    data: Uint8Array | {
+      stream: ReadableStream<Uint8Array<ArrayBuffer>> | globalThis.Blob;
+      length: number;
+    },
     signal: AbortSignal,
   ): Promise<{ location: string; offset: number; range: string | null }> {
+    const streamed = !(data instanceof Uint8Array);
+    const length = streamed ? data.length : data.byteLength;
+    const headers: Record<string, string> = {
+      "content-type": OCTET,
+      "content-length": String(length),
+      "content-range": `${offset}-${offset + length - 1}`,
+    };
+    const once = streamed && !(data.stream instanceof globalThis.Blob);
+    if (once) headers[SEND_ONCE] = "1";
     const res = await this.#send(
       new Request(location, {
         method: "PATCH",
-        headers: {
-          "content-type": OCTET,
-          "content-length": String(data.byteLength),
-          "content-range": `${offset}-${offset + data.byteLength - 1}`,
-        },
-        body: data as Uint8Array<ArrayBuffer>,
+        headers,
+        body: streamed ? data.stream : data as Uint8Array<ArrayBuffer>,
         signal,
+        // deno-lint-ignore no-explicit-any
+        ...(once ? { duplex: "half" } as any : {}),
       }),
-      data.byteLength,
+      length,
     );
     if (res.status !== 202 && res.status !== 204) return await this.#fail(res, "PATCH", location);
     await res.body?.cancel().catch(() => {});
-    const expected = offset + data.byteLength;
+    const expected = offset + length;
     const reported = parseUploadRange(res.headers.get("range"), expected);
     return {
       location: res.headers.get("location") ? this.#location(res, location, "PATCH") : location,
@@ -577,16 +639,19 @@ function manifestMediaType(bytes: Uint8Array): string {
   return "application/vnd.docker.distribution.manifest.v2+json";
 }
 
-function tuningFrom(o: UploadTuning): Required<UploadTuning> {
+function tuningFrom(
+  o: UploadTuning,
+): Required<UploadTuning> & { streamChunkSize: number } {
   const concurrency = o.concurrency ?? DEFAULT_UPLOAD_TUNING.concurrency;
   const chunkSize = o.chunkSize ?? DEFAULT_UPLOAD_TUNING.chunkSize;
+  const streamChunkSize = o.chunkSize ?? DEFAULT_UPLOAD_TUNING.streamChunkSize;
   if (!Number.isInteger(concurrency) || concurrency < 1) {
     throw new RangeError(`concurrency must be a positive integer, got ${concurrency}`);
   }
   if (!Number.isInteger(chunkSize) || chunkSize < 1 << 16 || chunkSize > 1 << 30) {
     throw new RangeError(`chunkSize must be an integer from 64 KiB to 1 GiB, got ${chunkSize}`);
   }
-  return { concurrency, chunkSize };
+  return { concurrency, chunkSize, streamChunkSize };
 }
 
 async function loadState(path: string): Promise<SessionState | undefined> {
@@ -818,6 +883,7 @@ export async function upload(options: UploadOptions): Promise<UploadResult> {
     let offset = startAt;
     let fromEarlier = resumedSession || startAt > 0;
     let restarted = false;
+    let buffered = false;
     let digestRetried = false;
     let sourceRetried = false;
     // PATCHes the registry acknowledged short, since the upload last got further.
@@ -849,8 +915,17 @@ export async function upload(options: UploadOptions): Promise<UploadResult> {
     for (let attempt = 0;;) {
       try {
         while (offset < b.size) {
-          const length = Math.min(tuning.chunkSize, b.size - offset);
-          const data = await reader.read(offset, length, signal);
+          // Streamed from the file when the reader can; from memory once a streamed
+          // chunk had to be sent again (a redirect or a token refresh on a PATCH).
+          const stream = !buffered && reader.stream;
+          const length = Math.min(
+            stream ? tuning.streamChunkSize : tuning.chunkSize,
+            b.size - offset,
+          );
+          const at = offset;
+          const data = stream
+            ? { stream: reader.stream!(offset, length, (n) => progress(b, at + n)), length }
+            : await reader.read(offset, length, signal);
           result.transferred += length;
           const next = await target.patch(location, offset, data, signal);
           location = next.location;
@@ -905,6 +980,13 @@ export async function upload(options: UploadOptions): Promise<UploadResult> {
         break;
       } catch (err) {
         const cause = unwrapCause(err);
+        if (cause instanceof ReplayNeeded && !buffered) {
+          // Redirected or challenged before the registry took any of it: the same
+          // chunk again, from memory, which the transport can replay.
+          buffered = true;
+          progress(b, offset);
+          continue;
+        }
         if (err instanceof SourceDigestError && !sourceRetried) {
           // The source sent other bytes once (copy): send the blob again from the start.
           sourceRetried = true;

@@ -74,7 +74,7 @@ not run this time are kept from the previous results file.
   --keep            keep the work directory (fixtures, logs)
   --sweep           instead of the scenarios: haul on the P1 blob with --concurrency
                     4,8,16,32 × --part-size 16M,32M,64M,128M; writes bench/SWEEP.md
-  --serve           instead of the scenarios: start the registry with the P1 and P2
+  --serve           instead of the scenarios: start the registry with the P1, P2 and P3
                     fixtures and nginx, print their URLs, wait for Ctrl-C (profiling)
   -h, --help        this help
 
@@ -1371,9 +1371,16 @@ async function sweep(): Promise<void> {
 async function serve(): Promise<void> {
   const f1 = await fixture(`p1-${SIZES.p1}`, [SIZES.p1], 11);
   const f2 = await fixture(`p2-${SIZES.p2}`, [SIZES.p2], 22);
+  const f3 = await fixture(
+    `p3-${SIZES.p3Count}x${SIZES.p3Size}`,
+    Array(SIZES.p3Count).fill(SIZES.p3Size),
+    33,
+  );
   const reg = await mainRegistry();
   const ng = await startNginx(path.join(workDir, "nginx"), reg.host, RATE);
-  for (const [f, via] of [[f1, reg.host], [f2, reg.host], [f2, ng.host]] as const) {
+  for (
+    const [f, via] of [[f1, reg.host], [f2, reg.host], [f2, ng.host], [f3, reg.host]] as const
+  ) {
     console.log(`${via}/${f.repo}:${f.tag}`);
     console.log(`  blob http://${via}/v2/${f.repo}/blobs/${f.layers[0].digest}`);
     console.log(`  file ${f.layers[0].file}`);

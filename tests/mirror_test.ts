@@ -274,7 +274,12 @@ Deno.test({
       const warm = front.requests.slice(before).filter((q) =>
         q.method === "GET" && q.url.endsWith(`/blobs/${big.digest}`)
       );
-      assert.ok(warm.length > 1 && warm.every((q) => q.status === 206), "warm: parts get 206");
+      assert.ok(
+        warm.length > 1 && warm.every((q) =>
+          q.status === 206
+        ),
+        "warm: parts get 206",
+      );
 
       // 3. The origin is unreachable: the mirror resolves the tag, and haul says so; the
       //    store still uses the origin's name.

@@ -549,7 +549,9 @@ Deno.test("upload() follows a 307 to another host with the chunk and without Aut
       credential: null,
     });
     assert.deepEqual(reg.blobs.get("a/b")!.get(blob.digest), blob.data);
-    assert.deepEqual(sentToRegistry, ["Bearer secret", "Bearer secret"]);
+    // The first PATCH streams from the file and cannot follow the 307 with its body;
+    // that chunk and the rest then go from memory, and follow it.
+    assert.deepEqual(sentToRegistry, ["Bearer secret", "Bearer secret", "Bearer secret"]);
     assert.equal(storage.length, 2);
     for (const s of storage) {
       assert.equal(s.method, "PATCH");
