@@ -121,7 +121,11 @@ export const COMMAND_SPECS: readonly CommandSpec[] = [
       { name: "insecure", help: "allow plain http (and http:// references)" },
       { name: "from", arg: "REPO", help: "repository on DEST's registry to mount blobs from" },
       { name: "concurrency", arg: "N", help: "blobs uploading at once (default 8)" },
-      { name: "chunk-size", arg: "SIZE", help: "bytes per upload request (default 16M)" },
+      {
+        name: "chunk-size",
+        arg: "SIZE",
+        help: "bytes per upload request (default 256M streamed; blobs up to 16M in one)",
+      },
       { name: "retries", arg: "N", help: "retries per request after a failure (default 6)" },
       json("print Ollama's /api/push NDJSON progress on stdout"),
       { name: "quiet", short: "q", help: "print nothing but errors" },

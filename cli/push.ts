@@ -22,8 +22,8 @@ Options:
   --from REPO         repository on DEST's registry to mount blobs from
                       (default REF's repository when REF and DEST share a registry)
   --concurrency N     blobs uploading at once (default 8)
-  --chunk-size SIZE   bytes per upload request, e.g. 16M (default 16M); smaller
-                      blobs go up in one request
+  --chunk-size SIZE   bytes per upload request, e.g. 64M (default: blobs up to
+                      16M in one request, larger ones streamed in 256M requests)
   --retries N         retries per request after a failure (default 6)
   --json              print Ollama's /api/push NDJSON progress on stdout
   --quiet, -q         print nothing but errors

@@ -12,6 +12,7 @@ import { acquireBlockWriter } from "./block_writer.ts";
 import { syncDir } from "./fsio.ts";
 import { Semaphore } from "./pool.ts";
 import { RateLimiter } from "./rate_limit.ts";
+import { PartRamp, rampStart } from "./ramp.ts";
 import type { OnProgress } from "./progress_events.ts";
 import { downloadBlob, type RangeTuning, SpeedTracker } from "./range_download.ts";
 import { DEFAULT_RETRY } from "./retry.ts";
@@ -29,8 +30,18 @@ export interface Blob {
 
 /** Tuning shared by pull and download; every field has a measured default. */
 export interface TransferTuning {
-  /** Simultaneous HTTP transfers (blobs and parts together). @default 24 */
+  /**
+   * Simultaneous HTTP transfers (blobs and parts together). Range parts of large
+   * blobs start at half of it and get all of it only when more connections prove
+   * faster (see lib/ramp.ts and {@link TransferTuning.rampUp}). @default 24
+   */
   concurrency?: number;
+  /**
+   * Start Range parts at half of `concurrency` and open the rest only when a probe
+   * shows more connections bring more throughput (per-connection caps); false
+   * runs `concurrency` parts from the start. @default true
+   */
+  rampUp?: boolean;
   /** Range part size in bytes. @default 16 MiB */
   partSize?: number;
   /** Blobs up to this size are fetched as one stream. @default 16 MiB */
@@ -83,7 +94,25 @@ export interface DownloadOptions extends ConnectionOptions, TransferTuning {
   /** Reuse an existing session (internal: pull shares one per registry). */
   session?: Session;
   /** Internal: a connection pool and rate limit shared with other downloads of one pull. */
-  shared?: { slots: Semaphore; limiter?: RateLimiter };
+  shared?: SharedTransfer;
+}
+
+/** A connection pool, Range-part ramp and rate limit shared by the downloads of one pull. */
+export interface SharedTransfer {
+  slots: Semaphore;
+  parts: PartRamp;
+  limiter?: RateLimiter;
+}
+
+/** The shared state for a transfer with `options`' tuning. */
+export function sharedTransfer(options: TransferTuning): SharedTransfer {
+  const concurrency = options.concurrency ?? DEFAULT_TUNING.concurrency;
+  const start = options.rampUp === false ? concurrency : rampStart(concurrency);
+  return {
+    slots: new Semaphore(concurrency),
+    parts: new PartRamp(new Semaphore(start), start, concurrency),
+    limiter: options.limitRate ? new RateLimiter(options.limitRate) : undefined,
+  };
 }
 
 export interface DownloadResult {
@@ -143,13 +172,10 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
   let completed = 0;
   const result: DownloadResult = { transferred: 0, skipped: 0, fetched: 0 };
   const report = () => options.onProgress?.(completed, total);
-  const slots = options.shared?.slots ?? new Semaphore(tuning.concurrency);
+  const shared = options.shared ?? sharedTransfer(options);
+  const { slots, parts } = shared;
   const writer = acquireBlockWriter({ worker: tuning.hashWorker });
-  const limiter = options.shared
-    ? options.shared.limiter
-    : options.limitRate
-    ? new RateLimiter(options.limitRate)
-    : undefined;
+  const limiter = shared.limiter;
   const speeds = new SpeedTracker();
   const abort = new AbortController();
   const onOuter = () => abort.abort(new InterruptedError());
@@ -212,6 +238,7 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
         limiter,
         tuning,
         slots,
+        parts,
         speeds,
         signal: abort.signal,
         onBytes: (d) => {
@@ -247,6 +274,7 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
     // Small blobs were renamed without a directory fsync each: one for all of them.
     if (result.fetched) await syncDir(options.destDir);
   } finally {
+    if (!options.shared) parts.stop();
     writer.release();
     options.signal?.removeEventListener("abort", onOuter);
   }

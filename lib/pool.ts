@@ -1,12 +1,37 @@
 /** A counting semaphore: bounds connections across every blob and part of a transfer. */
 export class Semaphore {
   #free: number;
+  #size: number;
   #waiters: (() => void)[] = [];
   constructor(size: number) {
     if (!Number.isInteger(size) || size < 1) {
       throw new RangeError(`Semaphore size must be a positive integer, got ${size}`);
     }
     this.#free = size;
+    this.#size = size;
+  }
+  /** Permits in total. */
+  get size(): number {
+    return this.#size;
+  }
+  /** Whether every permit is taken and someone waits for one. */
+  get saturated(): boolean {
+    return this.#free <= 0 && this.#waiters.length > 0;
+  }
+  /**
+   * Changes the number of permits. Growing wakes waiters at once; shrinking
+   * takes effect as holders release (nobody is interrupted).
+   */
+  resize(size: number): void {
+    if (!Number.isInteger(size) || size < 1) {
+      throw new RangeError(`Semaphore size must be a positive integer, got ${size}`);
+    }
+    this.#free += size - this.#size;
+    this.#size = size;
+    while (this.#free > 0 && this.#waiters.length) {
+      this.#free--;
+      this.#waiters.shift()!();
+    }
   }
   async acquire(signal?: AbortSignal): Promise<() => void> {
     if (this.#free > 0) {
@@ -31,6 +56,10 @@ export class Semaphore {
     return () => {
       if (released) return;
       released = true;
+      if (this.#free < 0) {
+        this.#free++; // shrunk while held: this permit is gone
+        return;
+      }
       const next = this.#waiters.shift();
       if (next) next();
       else this.#free++;

@@ -4,9 +4,13 @@
  * when configured), then write each manifest last, into Ollama's store or an OCI image
  * layout.
  */
-import { DEFAULT_TUNING, download, type DownloadResult, type TransferTuning } from "./download.ts";
-import { Semaphore } from "./pool.ts";
-import { RateLimiter } from "./rate_limit.ts";
+import {
+  DEFAULT_TUNING,
+  download,
+  type DownloadResult,
+  sharedTransfer,
+  type TransferTuning,
+} from "./download.ts";
 import {
   HaulError,
   IntegrityError,
@@ -203,49 +207,56 @@ export async function pull(
   }
   let transferred = 0;
   // One connection pool and one rate limit for every reference of this pull.
-  const shared = {
-    slots: new Semaphore(options.concurrency ?? DEFAULT_TUNING.concurrency),
-    limiter: options.limitRate ? new RateLimiter(options.limitRate) : undefined,
-  };
+  const shared = sharedTransfer(options);
   const target = layout
     ? { destDir: layout.blobsDir, fileName: ociBlobFileName }
     : { destDir: store!.blobsDir };
   const present = (b: Descriptor) =>
     layout ? layout.hasBlob(b.digest, b.size) : store!.hasBlob(b.digest, b.size);
   const singleStreamMax = options.singleStreamMax ?? DEFAULT_TUNING.singleStreamMax;
-  await Promise.all([...groups.values()].map(async ({ r, blobs }) => {
-    const from = (source: Source, items: Descriptor[], signal?: AbortSignal) =>
-      download({
-        shared,
-        ...options,
-        ...target,
-        blobs: items,
-        baseUrl: source.base,
-        repository: r.ref.repository,
-        session: source.session,
-        retry: r.sources.retryFor(source),
-        onEvent: emit,
-        signal,
-      });
-    if (!r.sources.mirrors.length) {
-      transferred += (await from(r.sources.origin, blobs, options.signal)).transferred;
-      return;
-    }
-    // With mirrors, each blob on its own: one may come from a mirror, the next from the origin.
-    transferred += await eachBlob(
-      blobs,
-      options.signal,
-      (b, signal) =>
-        r.sources.tryEach(`blob ${b.digest}`, async (source) => {
-          if (source.mirror && b.size > singleStreamMax && !(await present(b))) {
-            emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: 0 });
-            const wait = options.mirrorFillWait ?? Math.max(30, b.size / 20e6);
-            if (wait > 0) await r.sources.awaitCached(source, b.digest, wait * 1000, signal);
-          }
-          return await from(source, [b], signal);
-        }, signal),
-    );
-  }));
+  try {
+    await Promise.all([...groups.values()].map(async ({ r, blobs }) => {
+      const from = (source: Source, items: Descriptor[], signal?: AbortSignal) =>
+        download({
+          shared,
+          ...options,
+          ...target,
+          blobs: items,
+          baseUrl: source.base,
+          repository: r.ref.repository,
+          session: source.session,
+          retry: r.sources.retryFor(source),
+          onEvent: emit,
+          signal,
+        });
+      if (!r.sources.mirrors.length) {
+        transferred += (await from(r.sources.origin, blobs, options.signal)).transferred;
+        return;
+      }
+      // With mirrors, each blob on its own: one may come from a mirror, the next from the origin.
+      transferred += await eachBlob(
+        blobs,
+        options.signal,
+        (b, signal) =>
+          r.sources.tryEach(`blob ${b.digest}`, async (source) => {
+            if (source.mirror && b.size > singleStreamMax && !(await present(b))) {
+              emit({
+                type: "blob-start",
+                op: "pull",
+                digest: b.digest,
+                total: b.size,
+                completed: 0,
+              });
+              const wait = options.mirrorFillWait ?? Math.max(30, b.size / 20e6);
+              if (wait > 0) await r.sources.awaitCached(source, b.digest, wait * 1000, signal);
+            }
+            return await from(source, [b], signal);
+          }, signal),
+      );
+    }));
+  } finally {
+    shared.parts.stop();
+  }
 
   const results: PullResult[] = [];
   emit({ type: "verify" });

@@ -33,6 +33,7 @@ import { createFileHasher, type FileHasher } from "./hasher.ts";
 import { createSized, syncDir, syncPath } from "./fsio.ts";
 import type { BlockWriter } from "./block_writer.ts";
 import type { Semaphore } from "./pool.ts";
+import type { PartRamp } from "./ramp.ts";
 import { waitForLock } from "./lock.ts";
 import type { RateLimiter } from "./rate_limit.ts";
 import { backoffDelay, isTransientError, type RetryPolicy, sleep } from "./retry.ts";
@@ -94,6 +95,8 @@ export interface BlobContext {
   limiter?: RateLimiter;
   tuning: RangeTuning;
   slots: Semaphore;
+  /** Range parts at once (a gate below `slots`, opened further by the ramp). */
+  parts?: PartRamp;
   speeds: SpeedTracker;
   signal?: AbortSignal;
   /** Bytes added (positive) or discarded (negative) for progress. */
@@ -400,8 +403,19 @@ async function downloadLargeOnce(
     let slows = 0;
     while (part.done < part.size) {
       if (blobAbort.signal.aborted) return;
-      const release = await ctx.slots.acquire(blobAbort.signal).catch(() => undefined);
-      if (!release) return;
+      const gate = ctx.parts
+        ? await ctx.parts.gate.acquire(blobAbort.signal).catch(() => undefined)
+        : () => {};
+      if (!gate) return;
+      const slot = await ctx.slots.acquire(blobAbort.signal).catch(() => undefined);
+      if (!slot) {
+        gate();
+        return;
+      }
+      const release = () => {
+        slot();
+        gate();
+      };
       const attempt = new AbortController();
       const onBlobAbort = () => attempt.abort(blobAbort.signal.reason);
       blobAbort.signal.addEventListener("abort", onBlobAbort, { once: true });
@@ -428,6 +442,7 @@ async function downloadLargeOnce(
           (n) => {
             transferred += n;
             count(n);
+            ctx.parts?.count(n);
             ctx.onBytes(n);
           },
           {
