@@ -10,7 +10,7 @@ import { MAX_BLOB_SIZE } from "./manifest.ts";
 import { type Chunksum, fetchChunksums } from "./chunksums.ts";
 import { acquireBlockWriter } from "./block_writer.ts";
 import { syncDir } from "./fsio.ts";
-import { Semaphore } from "./pool.ts";
+import { BufferPool, Semaphore } from "./pool.ts";
 import { RateLimiter } from "./rate_limit.ts";
 import { PartRamp, rampStart } from "./ramp.ts";
 import type { OnProgress } from "./progress_events.ts";
@@ -101,6 +101,7 @@ export interface DownloadOptions extends ConnectionOptions, TransferTuning {
 export interface SharedTransfer {
   slots: Semaphore;
   parts: PartRamp;
+  buffers: BufferPool;
   limiter?: RateLimiter;
 }
 
@@ -111,6 +112,7 @@ export function sharedTransfer(options: TransferTuning): SharedTransfer {
   return {
     slots: new Semaphore(concurrency),
     parts: new PartRamp(new Semaphore(start), start, concurrency),
+    buffers: new BufferPool(options.bufferSize ?? DEFAULT_TUNING.bufferSize),
     limiter: options.limitRate ? new RateLimiter(options.limitRate) : undefined,
   };
 }
@@ -173,7 +175,7 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
   const result: DownloadResult = { transferred: 0, skipped: 0, fetched: 0 };
   const report = () => options.onProgress?.(completed, total);
   const shared = options.shared ?? sharedTransfer(options);
-  const { slots, parts } = shared;
+  const { slots, parts, buffers } = shared;
   const writer = acquireBlockWriter({ worker: tuning.hashWorker });
   const limiter = shared.limiter;
   const speeds = new SpeedTracker();
@@ -239,6 +241,7 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
         tuning,
         slots,
         parts,
+        buffers,
         speeds,
         signal: abort.signal,
         onBytes: (d) => {

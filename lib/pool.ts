@@ -91,3 +91,35 @@ export async function mapLimit<T, R>(
   await Promise.all(Array.from({ length: n }, worker));
   return out;
 }
+
+/**
+ * Write buffers of one size, reused from part to part. A 2 GiB pull runs 128
+ * parts and an 8 GiB one 512; a fresh 1 MiB buffer per part is garbage the
+ * engine collects late (external memory), which showed as peak RSS growing with
+ * the blob's size (Deno: ~167 MB at 2 GiB, ~195 MB at 8 GiB).
+ */
+export class BufferPool {
+  readonly size: number;
+  readonly max: number;
+  #free: Uint8Array<ArrayBuffer>[] = [];
+  /** Buffers of `size` bytes; at most `max` are kept for reuse. */
+  constructor(size: number, max = 32) {
+    this.size = size;
+    this.max = max;
+  }
+  /** A buffer of `size` bytes, reused when one is free. */
+  take(): Uint8Array<ArrayBuffer> {
+    return this.#free.pop() ?? new Uint8Array(this.size);
+  }
+  /**
+   * Hands a buffer back. Only whole, live buffers of `size` bytes are kept: a
+   * detached one (transferred away by a failed write or a pending read) is not.
+   */
+  give(buf: Uint8Array<ArrayBuffer>): void {
+    if (
+      buf.byteLength === this.size && buf.byteOffset === 0 &&
+      buf.buffer.byteLength === this.size && this.#free.length < this.max &&
+      !this.#free.includes(buf)
+    ) this.#free.push(buf);
+  }
+}

@@ -32,7 +32,7 @@ import { Sha256 } from "./digest.ts";
 import { createFileHasher, type FileHasher } from "./hasher.ts";
 import { createSized, syncDir, syncPath } from "./fsio.ts";
 import type { BlockWriter } from "./block_writer.ts";
-import type { Semaphore } from "./pool.ts";
+import type { BufferPool, Semaphore } from "./pool.ts";
 import type { PartRamp } from "./ramp.ts";
 import { waitForLock } from "./lock.ts";
 import type { RateLimiter } from "./rate_limit.ts";
@@ -97,6 +97,8 @@ export interface BlobContext {
   slots: Semaphore;
   /** Range parts at once (a gate below `slots`, opened further by the ramp). */
   parts?: PartRamp;
+  /** Write buffers of `tuning.bufferSize` bytes, reused from part to part. */
+  buffers?: BufferPool;
   speeds: SpeedTracker;
   signal?: AbortSignal;
   /** Bytes added (positive) or discarded (negative) for progress. */
@@ -686,7 +688,8 @@ async function runAttempt(
   }, Math.min(1000, Math.max(50, tuning.stallTimeoutMs / 4)));
 
   let base = start; // where this attempt's bytes start landing
-  let buf = new Uint8Array(Math.min(tuning.bufferSize, Math.max(end - start, 1 << 16)));
+  const want = Math.min(tuning.bufferSize, Math.max(end - start, 1 << 16));
+  let buf = ctx.buffers?.size === want ? ctx.buffers.take() : new Uint8Array(want);
   let filled = 0;
   let written = start; // absolute offset the writer is at
   let skip = 0; // bytes of a whole-body 200 to drop before `start`
@@ -843,6 +846,7 @@ async function runAttempt(
   } finally {
     clearInterval(timer);
     outer?.removeEventListener("abort", onAbort);
+    ctx.buffers?.give(buf);
   }
 }
 
