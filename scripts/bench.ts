@@ -72,6 +72,8 @@ not run this time are kept from the previous results file.
   --settle SECS     wait after dropping the cache and warming the source (default
                     5; quick 1): see "Page cache and guest memory" in RESULTS.md
   --keep            keep the work directory (fixtures, logs)
+  --render          only write RESULTS.md and the chart again from results.json
+                    (after editing bench/ANALYSIS.md)
   --sweep           instead of the scenarios: haul on the P1 blob with --concurrency
                     4,8,16,32 × --part-size 16M,32M,64M,128M; writes bench/SWEEP.md
   --serve           instead of the scenarios: start the registry with the P1, P2 and P3
@@ -94,6 +96,7 @@ const { values: opt } = parseArgs({
     sweep: { type: "boolean" },
     settle: { type: "string" },
     serve: { type: "boolean" },
+    render: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   },
 });
@@ -1263,7 +1266,15 @@ async function loadResults(m: Machine): Promise<Results> {
 async function writeResults(r: Results): Promise<void> {
   await fsp.mkdir(BENCH_DIR, { recursive: true });
   await fsp.writeFile(RESULTS_JSON, JSON.stringify(r, null, 1) + "\n");
-  await fsp.writeFile(RESULTS_MD, renderMarkdown(r));
+  await render(r);
+}
+
+/** RESULTS.md (with bench/ANALYSIS.md after the targets) and the chart. */
+async function render(r: Results): Promise<void> {
+  const analysis = QUICK
+    ? undefined
+    : await fsp.readFile(path.join(BENCH_DIR, "ANALYSIS.md"), "utf8").catch(() => undefined);
+  await fsp.writeFile(RESULTS_MD, renderMarkdown(r, analysis));
   await fsp.writeFile(CHART, renderChart(r));
 }
 
@@ -1420,6 +1431,10 @@ async function lockBench(): Promise<void> {
 }
 
 async function main(): Promise<number> {
+  if (opt.render) {
+    await render(JSON.parse(await fsp.readFile(RESULTS_JSON, "utf8")) as Results);
+    return 0;
+  }
   await lockBench();
   await preflight();
   if (opt.serve || opt.sweep) {

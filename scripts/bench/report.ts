@@ -189,7 +189,11 @@ function ordered(r: Results): ScenarioResult[] {
   );
 }
 
-export function renderMarkdown(r: Results): string {
+/**
+ * `analysis`: hand-written Markdown (bench/ANALYSIS.md) on what bounds the
+ * targets not met, placed after the targets table.
+ */
+export function renderMarkdown(r: Results, analysis?: string): string {
   const m = r.machine;
   const out: string[] = [];
   out.push(
@@ -231,6 +235,7 @@ export function renderMarkdown(r: Results): string {
     }
   }
   out.push("", "![haul/peer ratios](ratios" + (r.quick ? "-quick" : "") + ".svg)", "");
+  if (analysis?.trim()) out.push(analysis.trim(), "");
   out.push(
     "## Page cache and guest memory",
     "",
