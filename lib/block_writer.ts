@@ -55,6 +55,8 @@ function startWorker(): void {
     if (!p) return;
     if (r.error) p.reject(Object.assign(new Error(r.error), { code: r.code }));
     else p.resolve(r.buf);
+    // Released while this write was in flight: stop now (a live Worker keeps the process up).
+    if (users === 0 && pending.size === 0) stopWorker();
   };
   worker.onerror = (e: ErrorEvent) => {
     e.preventDefault?.();
@@ -79,6 +81,13 @@ function startWorker(): void {
     }, 3000);
     (t as { unref?: () => void }).unref?.();
   });
+}
+
+function stopWorker(): void {
+  worker?.terminate();
+  worker = undefined;
+  ready = false;
+  readyWait = undefined;
 }
 
 async function writeInline(
@@ -134,12 +143,7 @@ export function acquireBlockWriter(options: BlockWriterOptions = {}): BlockWrite
     release() {
       if (released || !useWorker) return;
       released = true;
-      if (--users === 0 && worker && pending.size === 0) {
-        worker.terminate();
-        worker = undefined;
-        ready = false;
-        readyWait = undefined;
-      }
+      if (--users === 0 && pending.size === 0) stopWorker();
     },
   };
 }

@@ -1,0 +1,32 @@
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+
+const child = fileURLToPath(new URL("./block_writer_child.ts", import.meta.url));
+
+Deno.test("a block writer released with a write in flight still lets the process exit", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "haul-bw-"));
+  try {
+    const file = path.join(dir, "f");
+    const cmd = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", child, file],
+      stdout: "piped",
+      stderr: "piped",
+    });
+    const proc = cmd.spawn();
+    // A Worker left running would keep the child alive: it must end on its own.
+    const timer = setTimeout(() => proc.kill("SIGKILL"), 20_000);
+    const out = await proc.output();
+    clearTimeout(timer);
+    const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+    assert.equal(out.signal, null, `the child had to be killed: ${text}`);
+    assert.equal(out.code, 0, text);
+    assert.match(text, /written 8388608 via worker/);
+    assert.equal(fs.statSync(file).size, 8 << 20);
+    assert.equal(fs.readFileSync(file)[5 << 20], 7);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
