@@ -10,4 +10,6 @@ const [dir, ref, json] = process.argv.slice(2);
 const t0 = performance.now();
 await pull(ref, { modelsDir: dir, insecure: true, ...(json ? JSON.parse(json) : {}) });
 const hwm = /VmHWM:\s+(\d+)/.exec(fs.readFileSync("/proc/self/status", "utf8"))?.[1];
-console.error(`wall ${Math.round(performance.now() - t0)} ms, peak RSS ${Math.round(Number(hwm) / 1024)} MB`);
+console.error(
+  `wall ${Math.round(performance.now() - t0)} ms, peak RSS ${Math.round(Number(hwm) / 1024)} MB`,
+);
