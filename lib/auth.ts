@@ -251,19 +251,14 @@ export function withAuth(next: Fetch, auth: Authenticator): Fetch {
       await replay?.body?.cancel().catch(() => {});
       return res;
     }
-    if (once && req.body !== null) {
-      // The body went with the first try: refresh the token, let the caller resend.
-      const again = await auth.challenge(res.headers.get("www-authenticate"), sent, req.signal);
-      await res.body?.cancel().catch(() => {});
-      if (again) throw new ReplayNeeded(401, req.url);
-      return new Response(null, { status: 401, statusText: res.statusText, headers: res.headers });
-    }
     const again = await auth.challenge(res.headers.get("www-authenticate"), sent, req.signal);
     if (!again) {
       await replay?.body?.cancel().catch(() => {});
       return res;
     }
     await res.body?.cancel().catch(() => {});
+    // A send-once body went with the first try: the token is fresh, the caller resends.
+    if (once && req.body !== null) throw new ReplayNeeded(401, req.url);
     const fresh = await auth.header();
     const retry = replay ?? req;
     return next(fresh ? withHeader(retry, "authorization", fresh) : retry);

@@ -1,12 +1,16 @@
+function checkSize(size: number): void {
+  if (!Number.isInteger(size) || size < 1) {
+    throw new RangeError(`Semaphore size must be a positive integer, got ${size}`);
+  }
+}
+
 /** A counting semaphore: bounds connections across every blob and part of a transfer. */
 export class Semaphore {
   #free: number;
   #size: number;
   #waiters: (() => void)[] = [];
   constructor(size: number) {
-    if (!Number.isInteger(size) || size < 1) {
-      throw new RangeError(`Semaphore size must be a positive integer, got ${size}`);
-    }
+    checkSize(size);
     this.#free = size;
     this.#size = size;
   }
@@ -23,9 +27,7 @@ export class Semaphore {
    * takes effect as holders release (nobody is interrupted).
    */
   resize(size: number): void {
-    if (!Number.isInteger(size) || size < 1) {
-      throw new RangeError(`Semaphore size must be a positive integer, got ${size}`);
-    }
+    checkSize(size);
     this.#free += size - this.#size;
     this.#size = size;
     while (this.#free > 0 && this.#waiters.length) {

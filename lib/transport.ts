@@ -188,9 +188,6 @@ export function withRedirects(next: Fetch, max = 10): Fetch {
         return hop === 0 ? res : withFinalUrl(res, current.url);
       }
       await res.body?.cancel().catch(() => {});
-      if (once && current.body !== null && res.status !== 303) {
-        throw new ReplayNeeded(res.status, current.url);
-      }
       if (hop >= max) {
         await replay?.body?.cancel().catch(() => {});
         throw new NetworkError(`Too many redirects (over ${max}) from ${redactUrl(req.url)}`);
@@ -212,6 +209,9 @@ export function withRedirects(next: Fetch, max = 10): Fetch {
           current.method === "POST")
         ? "GET"
         : current.method;
+      if (once && current.body !== null && method === current.method) {
+        throw new ReplayNeeded(res.status, current.url);
+      }
       const body = method === current.method ? replay?.body ?? null : null;
       if (method !== current.method) await replay?.body?.cancel().catch(() => {});
       current = new Request(to, {
