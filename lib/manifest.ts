@@ -141,12 +141,19 @@ export function parseManifest(
 
 /** The distinct blobs a manifest references (config first), duplicates folded. */
 export function manifestBlobs(m: ImageManifest): Descriptor[] {
+  return imageBlobs([m]);
+}
+
+/** Distinct blobs of several manifests, config first within each, in order. */
+export function imageBlobs(images: ImageManifest[]): Descriptor[] {
   const seen = new Set<string>();
   const out: Descriptor[] = [];
-  for (const d of [m.config, ...m.layers]) {
-    if (seen.has(d.digest)) continue;
-    seen.add(d.digest);
-    out.push(d);
+  for (const m of images) {
+    for (const d of [m.config, ...m.layers]) {
+      if (seen.has(d.digest)) continue;
+      seen.add(d.digest);
+      out.push(d);
+    }
   }
   return out;
 }

@@ -20,9 +20,9 @@ import {
 } from "./errors.ts";
 import {
   type Descriptor,
+  imageBlobs,
   type ImageManifest,
   type IndexManifest,
-  manifestBlobs,
   parseManifest,
   type Platform,
 } from "./manifest.ts";
@@ -292,20 +292,6 @@ export async function pull(
     });
   }
   return results;
-}
-
-/** Distinct blobs of several manifests, config first within each, in order. */
-function imageBlobs(images: ImageManifest[]): Descriptor[] {
-  const seen = new Set<string>();
-  const out: Descriptor[] = [];
-  for (const m of images) {
-    for (const b of manifestBlobs(m)) {
-      if (seen.has(b.digest)) continue;
-      seen.add(b.digest);
-      out.push(b);
-    }
-  }
-  return out;
 }
 
 /**

@@ -17,7 +17,13 @@ import {
   NotFoundError,
   UsageError,
 } from "./errors.ts";
-import { type Descriptor, type ImageManifest, manifestBlobs, parseManifest } from "./manifest.ts";
+import {
+  type Descriptor,
+  imageBlobs,
+  type ImageManifest,
+  manifestBlobs,
+  parseManifest,
+} from "./manifest.ts";
 import type { OnProgress } from "./progress_events.ts";
 import { resolveReference } from "./pull.ts";
 import { pushFromLayout } from "./push_oci.ts";
@@ -31,9 +37,9 @@ import {
   describe,
   type OpenBlob,
   openStoreBlob,
-  putIndex,
   SourceDigestError,
   upload,
+  uploadImage,
   type UploadResult,
   type UploadTuning,
 } from "./upload.ts";
@@ -242,17 +248,7 @@ export async function copy(
       children.push({ digest: got.digest, bytes: got.bytes, mediaType: doc.mediaType, doc });
     }
   }
-  const docs = topDoc.kind === "manifest" ? [topDoc] : children.map((c) => c.doc);
-  const seen = new Set<string>();
-  const blobs: Descriptor[] = [];
-  for (const d of docs) {
-    for (const b of manifestBlobs(d)) {
-      if (!seen.has(b.digest)) {
-        seen.add(b.digest);
-        blobs.push(b);
-      }
-    }
-  }
+  const blobs = imageBlobs(topDoc.kind === "manifest" ? [topDoc] : children.map((c) => c.doc));
   const from = baseOf(source) === baseOf(target) && source.repository !== target.repository
     ? source.repository
     : undefined;
@@ -264,28 +260,20 @@ export async function copy(
         signal,
       }),
     );
-  const res = await upload({
-    ...options,
-    blobs: blobs.map((b): Blob => from ? { digest: b.digest, size: b.size, from } : b),
-    baseUrl: baseOf(target),
-    repository: target.repository,
-    open,
-    stateDir: null,
-    session: destSession,
-    ...(topDoc.kind === "manifest"
-      ? { manifest: top.bytes, manifestRef, manifestMediaType: topDoc.mediaType }
-      : {}),
-  });
-  if (topDoc.kind === "index") {
-    res.manifestDigest = await putIndex(
-      destSession,
-      target.repository,
-      manifestRef,
-      { bytes: top.bytes, mediaType: topDoc.mediaType },
-      children,
-      options,
-    );
-  }
+  const res = await uploadImage(
+    {
+      ...options,
+      blobs: blobs.map((b): Blob => from ? { digest: b.digest, size: b.size, from } : b),
+      baseUrl: baseOf(target),
+      repository: target.repository,
+      open,
+      stateDir: null,
+      session: destSession,
+    },
+    { kind: topDoc.kind, bytes: top.bytes, mediaType: topDoc.mediaType },
+    children,
+    manifestRef,
+  );
   options.onEvent?.({ type: "success", ref: formatReference(target) });
   return {
     ...res,

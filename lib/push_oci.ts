@@ -9,16 +9,16 @@ import type { Blob } from "./download.ts";
 import { IntegrityError, ManifestError, UsageError } from "./errors.ts";
 import {
   type Descriptor,
+  imageBlobs,
   type ImageManifest,
   type IndexManifest,
-  manifestBlobs,
   parseManifest,
 } from "./manifest.ts";
 import type { PushOptions, PushResult } from "./push.ts";
 import { formatReference, type Reference } from "./reference.ts";
 import { createSession } from "./session.ts";
 import { OciLayout } from "./store_oci.ts";
-import { putIndex, upload } from "./upload.ts";
+import { uploadImage } from "./upload.ts";
 
 interface LayoutDoc {
   digest: string;
@@ -66,18 +66,9 @@ export async function pushFromLayout(
       children.push(child);
     }
   }
-  const images = top.doc.kind === "manifest"
-    ? [top.doc]
-    : children.map((c) => c.doc as ImageManifest);
-  const seen = new Set<string>();
-  const blobs: Descriptor[] = [];
-  for (const m of images) {
-    for (const b of manifestBlobs(m)) {
-      if (seen.has(b.digest)) continue;
-      seen.add(b.digest);
-      blobs.push(b);
-    }
-  }
+  const blobs = imageBlobs(
+    top.doc.kind === "manifest" ? [top.doc] : children.map((c) => c.doc as ImageManifest),
+  );
   // Every blob must be in the layout before anything goes over the network.
   await Promise.all(blobs.map(async (b) => await (await layout.openBlob(b)).close()));
 
@@ -85,29 +76,21 @@ export async function pushFromLayout(
   const session = createSession(base, [`repository:${target.repository}:pull,push`], options);
   const manifestRef = target.tag ?? digest;
   const from = options.from;
-  const res = await upload({
-    ...options,
-    blobs: blobs.map((b): Blob => from ? { digest: b.digest, size: b.size, from } : b),
-    baseUrl: base,
-    repository: target.repository,
-    open: (b) => layout.openBlob(b),
-    // Upload state files would be foreign files in the layout: resume within this run only.
-    stateDir: null,
-    session,
-    ...(top.doc.kind === "manifest"
-      ? { manifest: top.bytes, manifestRef, manifestMediaType: top.mediaType }
-      : {}),
-  });
-  if (top.doc.kind === "index") {
-    res.manifestDigest = await putIndex(
+  const res = await uploadImage(
+    {
+      ...options,
+      blobs: blobs.map((b): Blob => from ? { digest: b.digest, size: b.size, from } : b),
+      baseUrl: base,
+      repository: target.repository,
+      open: (b) => layout.openBlob(b),
+      // Upload state files would be foreign files in the layout: resume within this run only.
+      stateDir: null,
       session,
-      target.repository,
-      manifestRef,
-      { bytes: top.bytes, mediaType: top.mediaType },
-      children,
-      options,
-    );
-  }
+    },
+    { kind: top.doc.kind, bytes: top.bytes, mediaType: top.mediaType },
+    children,
+    manifestRef,
+  );
   options.onEvent?.({ type: "success", ref: formatReference(target) });
   return {
     ...res,

@@ -556,7 +556,38 @@ class UploadTarget {
  * registry never holds an index naming a manifest it lacks. Returns the
  * index's digest as the registry reports it.
  */
-export async function putIndex(
+/**
+ * Uploads an image: its blobs through {@link upload}, then either the manifest
+ * (`top.kind` "manifest") or every manifest the index lists, by digest, and the
+ * index last ({@link putIndex}), both under `manifestRef`. The result carries
+ * the digest the registry gave the top-level document.
+ */
+export async function uploadImage(
+  options: UploadOptions & { session: Session },
+  top: { kind: "manifest" | "index"; bytes: Uint8Array; mediaType: string },
+  children: { digest: string; bytes: Uint8Array; mediaType: string }[],
+  manifestRef: string,
+): Promise<UploadResult> {
+  const res = await upload({
+    ...options,
+    ...(top.kind === "manifest"
+      ? { manifest: top.bytes, manifestRef, manifestMediaType: top.mediaType }
+      : {}),
+  });
+  if (top.kind === "index") {
+    res.manifestDigest = await putIndex(
+      options.session,
+      options.repository,
+      manifestRef,
+      top,
+      children,
+      options,
+    );
+  }
+  return res;
+}
+
+async function putIndex(
   session: Session,
   repository: string,
   reference: string,
