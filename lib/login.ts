@@ -22,7 +22,7 @@ import process from "node:process";
 import { helperDetail, runCredentialHelper } from "./credential_helper.ts";
 import type { Credential } from "./credentials.ts";
 import { AuthError, RegistryError, storeError, UsageError } from "./errors.ts";
-import { syncDir } from "./fsio.ts";
+import { syncDir } from "./disk/fsio.ts";
 import { parseReference } from "./reference.ts";
 import { type ConnectionOptions, createSession } from "./session.ts";
 

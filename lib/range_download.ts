@@ -29,12 +29,12 @@ import {
   storeError,
 } from "./errors.ts";
 import { Sha256 } from "./digest.ts";
-import { createFileHasher, type FileHasher } from "./hasher.ts";
-import { createSized, syncDir, syncPath } from "./fsio.ts";
-import type { BlockWriter } from "./block_writer.ts";
+import { createFileHasher, type FileHasher } from "./disk/hasher.ts";
+import { createSized, syncDir, syncPath } from "./disk/fsio.ts";
+import type { BlockWriter } from "./disk/block_writer.ts";
 import type { BufferPool, Semaphore } from "./pool.ts";
 import type { PartRamp } from "./ramp.ts";
-import { waitForLock } from "./lock.ts";
+import { waitForLock } from "./disk/lock.ts";
 import type { RateLimiter } from "./rate_limit.ts";
 import { backoffDelay, isTransientError, type RetryPolicy, sleep } from "./retry.ts";
 import type { Fetch } from "./transport.ts";

@@ -17,7 +17,7 @@
 import { ChunksumsCache } from "./chunksums_cache.ts";
 import { DEFAULT_CHUNK_SIZE } from "./chunksums.ts";
 import { isDigest } from "./digest.ts";
-import { DEFAULT_READ_SIZE, openFile } from "./file_stream.ts";
+import { DEFAULT_READ_SIZE, openFile } from "./disk/file_stream.ts";
 import { join } from "node:path";
 import { isTag, StoreCatalog, type StoreRepository } from "./store_catalog.ts";
 import { defaultModelsDir } from "./store_ollama.ts";

@@ -22,8 +22,8 @@ import {
   storeError,
   UsageError,
 } from "./errors.ts";
-import { syncDir, syncPath } from "./fsio.ts";
-import { waitForLock } from "./lock.ts";
+import { syncDir, syncPath } from "./disk/fsio.ts";
+import { waitForLock } from "./disk/lock.ts";
 import { type BlobReader, openBlobFile } from "./upload.ts";
 import {
   type Descriptor,

@@ -10,7 +10,7 @@ import { homedir } from "node:os";
 import { join, resolve, sep } from "node:path";
 import { digestToFileName } from "./digest.ts";
 import { storeError, UsageError } from "./errors.ts";
-import { syncDir, syncPath } from "./fsio.ts";
+import { syncDir, syncPath } from "./disk/fsio.ts";
 import { manifestTag, type Reference } from "./reference.ts";
 
 /** `$OLLAMA_MODELS`, else `~/.ollama/models`. */

@@ -55,7 +55,7 @@ import {
 } from "./retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "./session.ts";
 import { finalUrl, ReplayNeeded, SEND_ONCE } from "./transport.ts";
-import { fileSliceBody } from "./fsio.ts";
+import { fileSliceBody } from "./disk/fsio.ts";
 
 /** Tuning for uploads; every field has a measured default (see {@link DEFAULT_UPLOAD_TUNING}). */
 export interface UploadTuning {

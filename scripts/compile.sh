@@ -9,8 +9,8 @@
 # --no-worker: leave the hash worker out (a test build: hashing must fall back inline).
 # HAUL_COMMIT overrides the stamped commit (e.g. a Docker build without .git).
 #
-# The hash Worker (lib/hash_worker.ts) is a second entrypoint, so the binary embeds it.
-# `--root lib` puts it at /$bunfs/root/hash_worker.ts, which is where lib/hasher.ts's
+# The hash Worker (lib/disk/hash_worker.ts) is a second entrypoint, so the binary embeds it.
+# `--root lib/disk` puts it at /$bunfs/root/hash_worker.ts, which is where lib/disk/hasher.ts's
 # `new URL("./hash_worker.ts", import.meta.url)` points once bundled (import.meta.url
 # is then /$bunfs/root/<name>); with the default root it would be .../root/lib/….
 set -euo pipefail
@@ -65,13 +65,13 @@ if [ "$if_stale" = 1 ]; then
 fi
 
 entries=(./main.ts)
-[ "$worker" = 1 ] && entries+=(./lib/hash_worker.ts ./lib/write_worker.ts)
+[ "$worker" = 1 ] && entries+=(./lib/disk/hash_worker.ts ./lib/disk/write_worker.ts)
 tmp="$outfile.tmp.$$"
 args=(
   build --compile
   # Precompiled bytecode: `haul --help` starts in about a third of the time.
   --bytecode --format=esm
-  --root ./lib
+  --root ./lib/disk
   --define "HAUL_BUILD_COMMIT=\"$commit\""
   # Trust the OS certificate store (e.g. /etc/ssl/certs/ca-certificates.crt, which the
   # container image ships) besides Bun's bundled roots, as Go-built tools like Ollama do.

@@ -48,7 +48,7 @@ fi
 mkdir -p "$(dirname "$outfile")"
 args=(compile -A --no-config --quiet --output "$outfile"
   # Worker modules are not in the static graph: include the hash worker explicitly.
-  --include "$stage/lib/hash_worker.ts" --include "$stage/lib/write_worker.ts")
+  --include "$stage/lib/disk/hash_worker.ts" --include "$stage/lib/disk/write_worker.ts")
 [ -n "$target" ] && args+=(--target "$target")
 if ! deno "${args[@]}" "$stage/main.ts" >&2; then
   if [ -z "${DENORT_BIN:-}" ]; then

@@ -4,7 +4,7 @@
  * calling exit: the process ends only if the Worker was stopped.
  */
 import * as fs from "node:fs";
-import { acquireBlockWriter } from "../lib/block_writer.ts";
+import { acquireBlockWriter } from "../lib/disk/block_writer.ts";
 
 const file = Deno.args[0];
 fs.writeFileSync(file, new Uint8Array(0));

@@ -17,9 +17,9 @@ import * as fsp from "node:fs/promises";
 import * as os from "node:os";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { acquireBlockWriter } from "../lib/block_writer.ts";
-import { alignedBuffers, directIoWanted } from "../lib/direct_io.ts";
-import { createFileHasher } from "../lib/hasher.ts";
+import { acquireBlockWriter } from "../lib/disk/block_writer.ts";
+import { alignedBuffers, directIoWanted } from "../lib/disk/direct_io.ts";
+import { createFileHasher } from "../lib/disk/hasher.ts";
 import {
   deterministicBytes,
   makeOllamaModel,

@@ -103,7 +103,7 @@ Deno.test("deno run http://…/main.ts pulls from another directory, loading eve
     const served = new Set(src.requests.filter((q) => q.status === 200).map((q) => q.path));
     assert.deepEqual(src.requests.filter((q) => q.status !== 200), [], "every import resolved");
     assert.ok(served.has("/main.ts") && served.has("/cli/pull.ts"));
-    assert.ok(served.has("/lib/hash_worker.ts"), "the hash Worker was loaded from the URL");
+    assert.ok(served.has("/lib/disk/hash_worker.ts"), "the hash Worker was loaded from the URL");
   } finally {
     await reg.stop();
     await src.stop();

@@ -7,7 +7,7 @@
  */
 import { open, readFile, rm, stat } from "node:fs/promises";
 import { hostname } from "node:os";
-import { InterruptedError } from "./errors.ts";
+import { InterruptedError } from "../errors.ts";
 
 export interface BlobLock {
   release(): Promise<void>;
