@@ -8,7 +8,7 @@
 import { type Challenge, parseChallenges, pickChallenge } from "./auth_challenge.ts";
 import { type Credential, loadCredential } from "./credentials.ts";
 import { AuthError, redactUrl } from "./errors.ts";
-import { type Fetch, ReplayNeeded, SEND_ONCE } from "./transport.ts";
+import { type Fetch, ReplayNeeded, SEND_ONCE } from "./transport/fetch.ts";
 
 /** What a custom token function receives (as in Ollama's transfer package). */
 export interface AuthChallenge {

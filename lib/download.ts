@@ -10,12 +10,12 @@ import { MAX_BLOB_SIZE } from "./manifest.ts";
 import { type Chunksum, fetchChunksums } from "./chunksums.ts";
 import { acquireBlockWriter } from "./disk/block_writer.ts";
 import { syncDir } from "./disk/fsio.ts";
-import { BufferPool, Semaphore } from "./pool.ts";
-import { RateLimiter } from "./rate_limit.ts";
+import { BufferPool, Semaphore } from "./transport/pool.ts";
+import { RateLimiter } from "./transport/rate_limit.ts";
 import { PartRamp, rampStart } from "./ramp.ts";
 import type { OnProgress } from "./progress_events.ts";
 import { downloadBlob, type RangeTuning, SpeedTracker } from "./range_download.ts";
-import { DEFAULT_RETRY } from "./retry.ts";
+import { DEFAULT_RETRY } from "./transport/retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "./session.ts";
 import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 

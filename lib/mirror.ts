@@ -24,7 +24,7 @@ import {
 import { MANIFEST_ACCEPT } from "./manifest.ts";
 import type { OnProgress } from "./progress_events.ts";
 import { errorFromResponse, type FetchedManifest } from "./registry_client.ts";
-import { isTransientError, type RetryPolicy, sleep } from "./retry.ts";
+import { isTransientError, type RetryPolicy, sleep } from "./transport/retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "./session.ts";
 
 /**

@@ -49,7 +49,7 @@ export type { Descriptor, ImageManifest, IndexManifest, Platform } from "./manif
 export { checkDigest, isDigest, sha256Digest } from "./digest.ts";
 export type { ProgressEvent } from "./progress_events.ts";
 export type { ConnectionOptions } from "./session.ts";
-export type { Fetch } from "./transport.ts";
+export type { Fetch } from "./transport/fetch.ts";
 export * from "./errors.ts";
 export { createRegistryHandler, parseRange } from "./registry_server.ts";
 export type { RegistryHandlerOptions, RequestLogEntry, ServeLogger } from "./registry_server.ts";

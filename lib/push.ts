@@ -29,7 +29,7 @@ import { resolveReference } from "./pull.ts";
 import { pushFromLayout } from "./push_oci.ts";
 import { formatReference, parseReference, type Reference, shortName } from "./reference.ts";
 import { errorFromResponse } from "./registry_client.ts";
-import { backoffDelay, DEFAULT_RETRY, isTransientError, type RetryPolicy, sleep } from "./retry.ts";
+import { backoffDelay, DEFAULT_RETRY, isTransientError, type RetryPolicy, sleep } from "./transport/retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "./session.ts";
 import { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
 import {

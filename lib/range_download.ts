@@ -32,12 +32,12 @@ import { Sha256 } from "./digest.ts";
 import { createFileHasher, type FileHasher } from "./disk/hasher.ts";
 import { createSized, syncDir, syncPath } from "./disk/fsio.ts";
 import type { BlockWriter } from "./disk/block_writer.ts";
-import type { BufferPool, Semaphore } from "./pool.ts";
+import type { BufferPool, Semaphore } from "./transport/pool.ts";
 import type { PartRamp } from "./ramp.ts";
 import { waitForLock } from "./disk/lock.ts";
-import type { RateLimiter } from "./rate_limit.ts";
-import { backoffDelay, isTransientError, type RetryPolicy, sleep } from "./retry.ts";
-import type { Fetch } from "./transport.ts";
+import type { RateLimiter } from "./transport/rate_limit.ts";
+import { backoffDelay, isTransientError, type RetryPolicy, sleep } from "./transport/retry.ts";
+import type { Fetch } from "./transport/fetch.ts";
 import { errorFromResponse } from "./registry_client.ts";
 
 export interface RangeTuning {

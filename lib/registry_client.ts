@@ -12,7 +12,7 @@ import {
   RegistryError,
 } from "./errors.ts";
 import { MANIFEST_ACCEPT, MAX_MANIFEST_BYTES } from "./manifest.ts";
-import { type Fetch, finalUrl } from "./transport.ts";
+import { type Fetch, finalUrl } from "./transport/fetch.ts";
 
 /** Builds a RegistryError from a failed response, reading a capped JSON error body. */
 export async function errorFromResponse(

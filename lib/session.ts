@@ -5,7 +5,7 @@
 import { type AuthChallenge, Authenticator } from "./auth.ts";
 import type { Credential } from "./credentials.ts";
 import { RegistryClient } from "./registry_client.ts";
-import type { RetryPolicy } from "./retry.ts";
+import type { RetryPolicy } from "./transport/retry.ts";
 import {
   baseFetch,
   type Fetch,
@@ -14,7 +14,7 @@ import {
   withRedirects,
   withRetry,
   withUserAgent,
-} from "./transport.ts";
+} from "./transport/fetch.ts";
 import { withAuth } from "./auth.ts";
 import { VERSION } from "./version.ts";
 

@@ -42,7 +42,7 @@ import {
   storeError,
 } from "./errors.ts";
 import { MAX_BLOB_SIZE, MAX_MANIFEST_BYTES } from "./manifest.ts";
-import { Semaphore } from "./pool.ts";
+import { Semaphore } from "./transport/pool.ts";
 import type { OnProgress } from "./progress_events.ts";
 import { errorFromResponse } from "./registry_client.ts";
 import {
@@ -52,9 +52,9 @@ import {
   isTransientError,
   type RetryPolicy,
   sleep,
-} from "./retry.ts";
+} from "./transport/retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "./session.ts";
-import { finalUrl, ReplayNeeded, SEND_ONCE } from "./transport.ts";
+import { finalUrl, ReplayNeeded, SEND_ONCE } from "./transport/fetch.ts";
 import { fileSliceBody } from "./disk/fsio.ts";
 
 /** Tuning for uploads; every field has a measured default (see {@link DEFAULT_UPLOAD_TUNING}). */

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as fsp from "node:fs/promises";
 import { makeOllamaModel, pushFixture, runCli, startRegistry, tmpDir } from "./harness.ts";
-import { RateLimiter } from "../lib/rate_limit.ts";
+import { RateLimiter } from "../lib/transport/rate_limit.ts";
 
 const MiB = 1024 * 1024;
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Semaphore } from "../lib/pool.ts";
+import { Semaphore } from "../lib/transport/pool.ts";
 import { PartRamp, rampStart } from "../lib/ramp.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

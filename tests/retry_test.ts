@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { backoffDelay, DEFAULT_RETRY, isRetryableStatus, parseRetryAfter } from "../lib/retry.ts";
-import { withRetry } from "../lib/transport.ts";
+import { backoffDelay, DEFAULT_RETRY, isRetryableStatus, parseRetryAfter } from "../lib/transport/retry.ts";
+import { withRetry } from "../lib/transport/fetch.ts";
 import { NetworkError } from "../lib/errors.ts";
 
 Deno.test("parseRetryAfter() reads seconds and HTTP dates", () => {

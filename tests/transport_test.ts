@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Authenticator, withAuth } from "../lib/auth.ts";
-import { type Fetch, finalUrl, withHeaderTimeout, withRedirects } from "../lib/transport.ts";
+import { type Fetch, finalUrl, withHeaderTimeout, withRedirects } from "../lib/transport/fetch.ts";
 import { NetworkError } from "../lib/errors.ts";
 
 interface Seen {

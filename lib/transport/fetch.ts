@@ -7,7 +7,7 @@
  * Redirects are followed here (never by the runtime), so that the auth layer sees
  * every hop and attaches credentials only to the host they were issued for.
  */
-import { NetworkError, redactUrl } from "./errors.ts";
+import { NetworkError, redactUrl } from "../errors.ts";
 import {
   backoffDelay,
   DEFAULT_RETRY,

@@ -2,7 +2,7 @@
  * Retry policy as data: which failures are worth another try and how long to
  * wait. Exponential backoff with jitter; `Retry-After` honoured (capped).
  */
-import { InterruptedError } from "./errors.ts";
+import { InterruptedError } from "../errors.ts";
 
 export interface RetryPolicy {
   /** Attempts after the first. @default 6 (Ollama's maxRetries) */
