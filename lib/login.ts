@@ -19,8 +19,8 @@ import { chmod, lstat, mkdir, open, readFile, realpath, rename, rm } from "node:
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import process from "node:process";
-import { helperDetail, runCredentialHelper } from "./credential_helper.ts";
-import type { Credential } from "./credentials.ts";
+import { helperDetail, runCredentialHelper } from "./auth/credential_helper.ts";
+import type { Credential } from "./auth/credentials.ts";
 import { AuthError, RegistryError, storeError, UsageError } from "./errors.ts";
 import { syncDir } from "./disk/fsio.ts";
 import { parseReference } from "./reference.ts";

@@ -2,8 +2,8 @@
  * Assembles the transport stack for one registry, once:
  *   userAgent → redirects → auth → retry → runtime fetch
  */
-import { type AuthChallenge, Authenticator } from "./auth.ts";
-import type { Credential } from "./credentials.ts";
+import { type AuthChallenge, Authenticator } from "./auth/authenticator.ts";
+import type { Credential } from "./auth/credentials.ts";
 import { RegistryClient } from "./registry_client.ts";
 import type { RetryPolicy } from "./transport/retry.ts";
 import {
@@ -15,7 +15,7 @@ import {
   withRetry,
   withUserAgent,
 } from "./transport/fetch.ts";
-import { withAuth } from "./auth.ts";
+import { withAuth } from "./auth/authenticator.ts";
 import { VERSION } from "./version.ts";
 
 /** Connection and auth options shared by every transfer API. */

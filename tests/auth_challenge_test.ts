@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { bearerScope, parseChallenges, pickChallenge } from "../lib/auth_challenge.ts";
+import { bearerScope, parseChallenges, pickChallenge } from "../lib/auth/challenge.ts";
 
 Deno.test("parseChallenges() reads a registry Bearer challenge with quoted commas", () => {
   assert.deepEqual(

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { AuthError } from "../lib/errors.ts";
-import { type Credential, loadCredential } from "../lib/credentials.ts";
+import { type Credential, loadCredential } from "../lib/auth/credentials.ts";
 
 const SECRET = "s3cr3t-Pa55";
 const SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin";

@@ -18,7 +18,7 @@ import {
   type VerifyProgress,
 } from "../lib/store_ops.ts";
 import { login, logout, parseRegistry } from "../lib/login.ts";
-import { loadCredential } from "../lib/credentials.ts";
+import { loadCredential } from "../lib/auth/credentials.ts";
 import { type Fixture, type FixtureBlob, makeOllamaModel, MEDIA, tmpDir } from "./harness.ts";
 
 const MiB = 1024 * 1024;

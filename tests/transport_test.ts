@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Authenticator, withAuth } from "../lib/auth.ts";
+import { Authenticator, withAuth } from "../lib/auth/authenticator.ts";
 import { type Fetch, finalUrl, withHeaderTimeout, withRedirects } from "../lib/transport/fetch.ts";
 import { NetworkError } from "../lib/errors.ts";
 

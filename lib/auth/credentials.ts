@@ -11,7 +11,7 @@ import { homedir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { helperDetail, runCredentialHelper } from "./credential_helper.ts";
-import { AuthError } from "./errors.ts";
+import { AuthError } from "../errors.ts";
 
 /**
  * A username and password (or token). An identity token is returned as Docker's helpers do:

@@ -8,7 +8,7 @@ import { constants as fsConstants } from "node:fs";
 import { access } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import process from "node:process";
-import { AuthError } from "./errors.ts";
+import { AuthError } from "../errors.ts";
 
 const HELPER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 const MAX_HELPER_OUTPUT = 1 << 20;

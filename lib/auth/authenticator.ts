@@ -5,10 +5,10 @@
  * callers, and refreshes once on a 401. Credentials and tokens are attached only
  * to requests for the registry host they were issued for.
  */
-import { type Challenge, parseChallenges, pickChallenge } from "./auth_challenge.ts";
+import { type Challenge, parseChallenges, pickChallenge } from "./challenge.ts";
 import { type Credential, loadCredential } from "./credentials.ts";
-import { AuthError, redactUrl } from "./errors.ts";
-import { type Fetch, ReplayNeeded, SEND_ONCE } from "./transport/fetch.ts";
+import { AuthError, redactUrl } from "../errors.ts";
+import { type Fetch, ReplayNeeded, SEND_ONCE } from "../transport/fetch.ts";
 
 /** What a custom token function receives (as in Ollama's transfer package). */
 export interface AuthChallenge {
