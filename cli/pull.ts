@@ -4,7 +4,7 @@ import { readFile } from "node:fs/promises";
 import * as tls from "node:tls";
 import { parseArgs } from "node:util";
 import { pull } from "../lib/mod.ts";
-import { loadMirrors } from "../lib/mirror_config.ts";
+import { loadMirrors } from "../lib/registry/mirror_config.ts";
 import type { ProgressEvent } from "../lib/progress_events.ts";
 import { UsageError } from "../lib/errors.ts";
 import { type Command, parseNumber, parsePlatform, parseSize, startProgress } from "./common.ts";

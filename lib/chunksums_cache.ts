@@ -18,7 +18,7 @@ import {
   DEFAULT_CHUNK_SIZE,
   formatChunksums,
   parseChunksums,
-} from "./chunksums.ts";
+} from "./registry/chunksums.ts";
 import { checkDigest } from "./digest.ts";
 
 const MAGIC = "haul-chunksums 1";

@@ -6,8 +6,8 @@
 import { join } from "node:path";
 import { checkDigest, digestToFileName, sha256Digest } from "./digest.ts";
 import { HaulError, InterruptedError, storeError } from "./errors.ts";
-import { MAX_BLOB_SIZE } from "./manifest.ts";
-import { type Chunksum, fetchChunksums } from "./chunksums.ts";
+import { MAX_BLOB_SIZE } from "./registry/manifest.ts";
+import { type Chunksum, fetchChunksums } from "./registry/chunksums.ts";
 import { acquireBlockWriter } from "./disk/block_writer.ts";
 import { syncDir } from "./disk/fsio.ts";
 import { BufferPool, Semaphore } from "./transport/pool.ts";
@@ -16,7 +16,7 @@ import { PartRamp, rampStart } from "./ramp.ts";
 import type { OnProgress } from "./progress_events.ts";
 import { downloadBlob, type RangeTuning, SpeedTracker } from "./range_download.ts";
 import { DEFAULT_RETRY } from "./transport/retry.ts";
-import { type ConnectionOptions, createSession, type Session } from "./session.ts";
+import { type ConnectionOptions, createSession, type Session } from "./registry/session.ts";
 import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 
 /** A blob to transfer. */

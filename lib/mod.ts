@@ -16,8 +16,8 @@ export { copy, push } from "./push.ts";
 export type { CopyOptions, PushOptions, PushResult } from "./push.ts";
 export { DEFAULT_UPLOAD_TUNING, putManifest, upload } from "./upload.ts";
 export type { BlobReader, OpenBlob, UploadOptions, UploadResult, UploadTuning } from "./upload.ts";
-export { formatReference, manifestTag, parseReference, shortName } from "./reference.ts";
-export type { Reference } from "./reference.ts";
+export { formatReference, manifestTag, parseReference, shortName } from "./registry/reference.ts";
+export type { Reference } from "./registry/reference.ts";
 export { parseChallenges, pickChallenge } from "./auth/challenge.ts";
 export type { Challenge } from "./auth/challenge.ts";
 export type { AuthChallenge } from "./auth/authenticator.ts";
@@ -32,7 +32,7 @@ export {
   normalizePlatform,
   platformMatches,
   selectManifest,
-} from "./platform.ts";
+} from "./registry/platform.ts";
 export {
   checkMirrorUrl,
   defaultConfigPath,
@@ -40,15 +40,15 @@ export {
   mirrorsFor,
   parseMirrorConfig,
   parseMirrorList,
-} from "./mirror_config.ts";
-export type { LoadMirrorsOptions, MirrorMap, MirrorSource } from "./mirror_config.ts";
-export { MIRROR_RETRY, SourceSet } from "./mirror.ts";
-export type { Source, SourceSetOptions } from "./mirror.ts";
-export { manifestBlobs, MediaType, parseManifest } from "./manifest.ts";
-export type { Descriptor, ImageManifest, IndexManifest, Platform } from "./manifest.ts";
+} from "./registry/mirror_config.ts";
+export type { LoadMirrorsOptions, MirrorMap, MirrorSource } from "./registry/mirror_config.ts";
+export { MIRROR_RETRY, SourceSet } from "./registry/mirror.ts";
+export type { Source, SourceSetOptions } from "./registry/mirror.ts";
+export { manifestBlobs, MediaType, parseManifest } from "./registry/manifest.ts";
+export type { Descriptor, ImageManifest, IndexManifest, Platform } from "./registry/manifest.ts";
 export { checkDigest, isDigest, sha256Digest } from "./digest.ts";
 export type { ProgressEvent } from "./progress_events.ts";
-export type { ConnectionOptions } from "./session.ts";
+export type { ConnectionOptions } from "./registry/session.ts";
 export type { Fetch } from "./transport/fetch.ts";
 export * from "./errors.ts";
 export { createRegistryHandler, parseRange } from "./registry_server.ts";
@@ -61,8 +61,8 @@ export {
   fetchChunksums,
   formatChunksums,
   parseChunksums,
-} from "./chunksums.ts";
-export type { Chunksum, FetchChunksumsOptions, FetchedChunksums } from "./chunksums.ts";
+} from "./registry/chunksums.ts";
+export type { Chunksum, FetchChunksumsOptions, FetchedChunksums } from "./registry/chunksums.ts";
 export {
   DEFAULT_MIN_AGE,
   formatAge,

@@ -25,13 +25,13 @@ import {
   type IndexManifest,
   parseManifest,
   type Platform,
-} from "./manifest.ts";
-import { type MirrorMap, mirrorsFor } from "./mirror_config.ts";
-import { type Source, SourceSet } from "./mirror.ts";
-import { availablePlatforms, formatPlatform, selectManifest } from "./platform.ts";
+} from "./registry/manifest.ts";
+import { type MirrorMap, mirrorsFor } from "./registry/mirror_config.ts";
+import { type Source, SourceSet } from "./registry/mirror.ts";
+import { availablePlatforms, formatPlatform, selectManifest } from "./registry/platform.ts";
 import type { OnProgress } from "./progress_events.ts";
-import { formatReference, parseReference, type Reference } from "./reference.ts";
-import type { ConnectionOptions } from "./session.ts";
+import { formatReference, parseReference, type Reference } from "./registry/reference.ts";
+import type { ConnectionOptions } from "./registry/session.ts";
 import { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
 import { ociBlobFileName, OciLayout } from "./store_oci.ts";
 

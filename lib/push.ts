@@ -23,14 +23,14 @@ import {
   type ImageManifest,
   manifestBlobs,
   parseManifest,
-} from "./manifest.ts";
+} from "./registry/manifest.ts";
 import type { OnProgress } from "./progress_events.ts";
 import { resolveReference } from "./pull.ts";
 import { pushFromLayout } from "./push_oci.ts";
-import { formatReference, parseReference, type Reference, shortName } from "./reference.ts";
-import { errorFromResponse } from "./registry_client.ts";
+import { formatReference, parseReference, type Reference, shortName } from "./registry/reference.ts";
+import { errorFromResponse } from "./registry/client.ts";
 import { backoffDelay, DEFAULT_RETRY, isTransientError, type RetryPolicy, sleep } from "./transport/retry.ts";
-import { type ConnectionOptions, createSession, type Session } from "./session.ts";
+import { type ConnectionOptions, createSession, type Session } from "./registry/session.ts";
 import { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
 import {
   type BlobReader,

@@ -13,10 +13,10 @@ import {
   type ImageManifest,
   type IndexManifest,
   parseManifest,
-} from "./manifest.ts";
+} from "./registry/manifest.ts";
 import type { PushOptions, PushResult } from "./push.ts";
-import { formatReference, type Reference } from "./reference.ts";
-import { createSession } from "./session.ts";
+import { formatReference, type Reference } from "./registry/reference.ts";
+import { createSession } from "./registry/session.ts";
 import { OciLayout } from "./store_oci.ts";
 import { uploadImage } from "./upload.ts";
 

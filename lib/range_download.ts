@@ -38,7 +38,7 @@ import { waitForLock } from "./disk/lock.ts";
 import type { RateLimiter } from "./transport/rate_limit.ts";
 import { backoffDelay, isTransientError, type RetryPolicy, sleep } from "./transport/retry.ts";
 import type { Fetch } from "./transport/fetch.ts";
-import { errorFromResponse } from "./registry_client.ts";
+import { errorFromResponse } from "./registry/client.ts";
 
 export interface RangeTuning {
   /** Bytes per Range part. @default 16 MiB */

@@ -15,7 +15,7 @@
  * Names map onto the store as described in `store_catalog.ts`.
  */
 import { ChunksumsCache } from "./chunksums_cache.ts";
-import { DEFAULT_CHUNK_SIZE } from "./chunksums.ts";
+import { DEFAULT_CHUNK_SIZE } from "./registry/chunksums.ts";
 import { isDigest } from "./digest.ts";
 import { DEFAULT_READ_SIZE, openFile } from "./disk/file_stream.ts";
 import { join } from "node:path";

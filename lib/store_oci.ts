@@ -31,7 +31,7 @@ import {
   MediaType,
   parseManifest,
   type Platform,
-} from "./manifest.ts";
+} from "./registry/manifest.ts";
 
 /** The annotation skopeo, oras and containerd use for an entry's name in index.json. */
 export const REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name";

@@ -21,8 +21,8 @@ import { hostname } from "node:os";
 import { dirname, join, relative, sep } from "node:path";
 import process from "node:process";
 import { InterruptedError, NotFoundError, storeError } from "./errors.ts";
-import { type Descriptor, manifestBlobs, parseManifest } from "./manifest.ts";
-import { formatReference, parseReference, type Reference, shortName } from "./reference.ts";
+import { type Descriptor, manifestBlobs, parseManifest } from "./registry/manifest.ts";
+import { formatReference, parseReference, type Reference, shortName } from "./registry/reference.ts";
 import { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
 
 /** Files modified more recently than this are taken to belong to a running transfer (10 min). */

@@ -41,10 +41,10 @@ import {
   RegistryError,
   storeError,
 } from "./errors.ts";
-import { MAX_BLOB_SIZE, MAX_MANIFEST_BYTES } from "./manifest.ts";
+import { MAX_BLOB_SIZE, MAX_MANIFEST_BYTES } from "./registry/manifest.ts";
 import { Semaphore } from "./transport/pool.ts";
 import type { OnProgress } from "./progress_events.ts";
-import { errorFromResponse } from "./registry_client.ts";
+import { errorFromResponse } from "./registry/client.ts";
 import {
   backoffDelay,
   DEFAULT_RETRY,
@@ -53,7 +53,7 @@ import {
   type RetryPolicy,
   sleep,
 } from "./transport/retry.ts";
-import { type ConnectionOptions, createSession, type Session } from "./session.ts";
+import { type ConnectionOptions, createSession, type Session } from "./registry/session.ts";
 import { finalUrl, ReplayNeeded, SEND_ONCE } from "./transport/fetch.ts";
 import { fileSliceBody } from "./disk/fsio.ts";
 

@@ -8,8 +8,8 @@ import {
   fetchChunksums,
   formatChunksums,
   MAX_CHUNKSUMS_BYTES,
-} from "../lib/chunksums.ts";
-import { parseChunksums } from "../lib/chunksums.ts";
+} from "../lib/registry/chunksums.ts";
+import { parseChunksums } from "../lib/registry/chunksums.ts";
 import { IntegrityError, RegistryError } from "../lib/errors.ts";
 import { tmpDir } from "./harness.ts";
 

@@ -19,7 +19,7 @@ import {
   mirrorsFor,
   parseMirrorConfig,
   parseMirrorList,
-} from "../lib/mirror_config.ts";
+} from "../lib/registry/mirror_config.ts";
 import { UsageError } from "../lib/errors.ts";
 import { pull } from "../lib/pull.ts";
 import {

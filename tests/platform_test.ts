@@ -8,13 +8,13 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
-import type { IndexManifest, Platform } from "../lib/manifest.ts";
+import type { IndexManifest, Platform } from "../lib/registry/manifest.ts";
 import {
   availablePlatforms,
   normalizePlatform,
   platformMatches,
   selectManifest,
-} from "../lib/platform.ts";
+} from "../lib/registry/platform.ts";
 import { REF_NAME_ANNOTATION } from "../lib/store_oci.ts";
 import { type Registry, runCli, startRegistry, tmpDir } from "./harness.ts";
 import {

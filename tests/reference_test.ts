@@ -6,7 +6,7 @@ import {
   parseReference,
   type Reference,
   shortName,
-} from "../lib/reference.ts";
+} from "../lib/registry/reference.ts";
 
 const HEX = "0123456789abcdef".repeat(4);
 const DIGEST = `sha256:${HEX}`;

@@ -6,8 +6,8 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdir, readdir, readFile, rm, utimes, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { parseChunksums } from "../lib/chunksums.ts";
-import { fetchChunksums } from "../lib/chunksums.ts";
+import { parseChunksums } from "../lib/registry/chunksums.ts";
+import { fetchChunksums } from "../lib/registry/chunksums.ts";
 import { createRegistryHandler, parseRange } from "../lib/registry_server.ts";
 import { parseRepositoryName } from "../lib/store_catalog.ts";
 import {

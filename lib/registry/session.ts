@@ -2,10 +2,10 @@
  * Assembles the transport stack for one registry, once:
  *   userAgent → redirects → auth → retry → runtime fetch
  */
-import { type AuthChallenge, Authenticator } from "./auth/authenticator.ts";
-import type { Credential } from "./auth/credentials.ts";
-import { RegistryClient } from "./registry_client.ts";
-import type { RetryPolicy } from "./transport/retry.ts";
+import { type AuthChallenge, Authenticator } from "../auth/authenticator.ts";
+import type { Credential } from "../auth/credentials.ts";
+import { RegistryClient } from "./client.ts";
+import type { RetryPolicy } from "../transport/retry.ts";
 import {
   baseFetch,
   type Fetch,
@@ -14,9 +14,9 @@ import {
   withRedirects,
   withRetry,
   withUserAgent,
-} from "./transport/fetch.ts";
-import { withAuth } from "./auth/authenticator.ts";
-import { VERSION } from "./version.ts";
+} from "../transport/fetch.ts";
+import { withAuth } from "../auth/authenticator.ts";
+import { VERSION } from "../version.ts";
 
 /** Connection and auth options shared by every transfer API. */
 export interface ConnectionOptions {

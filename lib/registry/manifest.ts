@@ -2,8 +2,8 @@
  * Manifest and index documents (OCI image-spec, Docker schema2): parsing with
  * validation of everything later used as a file name or a size.
  */
-import { checkDigest } from "./digest.ts";
-import { ManifestError } from "./errors.ts";
+import { checkDigest } from "../digest.ts";
+import { ManifestError } from "../errors.ts";
 
 export const MediaType = {
   dockerManifest: "application/vnd.docker.distribution.manifest.v2+json",

@@ -12,7 +12,7 @@
  * 3. only when the origin cannot be reached is a tag resolved by a mirror, and a
  *    `warning` event says so.
  */
-import { isDigest } from "./digest.ts";
+import { isDigest } from "../digest.ts";
 import {
   HaulError,
   InterruptedError,
@@ -20,11 +20,11 @@ import {
   NotFoundError,
   RegistryError,
   StoreError,
-} from "./errors.ts";
+} from "../errors.ts";
 import { MANIFEST_ACCEPT } from "./manifest.ts";
-import type { OnProgress } from "./progress_events.ts";
-import { errorFromResponse, type FetchedManifest } from "./registry_client.ts";
-import { isTransientError, type RetryPolicy, sleep } from "./transport/retry.ts";
+import type { OnProgress } from "../progress_events.ts";
+import { errorFromResponse, type FetchedManifest } from "./client.ts";
+import { isTransientError, type RetryPolicy, sleep } from "../transport/retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "./session.ts";
 
 /**

@@ -2,7 +2,7 @@
  * The distribution API calls haul makes (OCI distribution-spec v1.1), over a
  * {@link Fetch} stack that already does user agent, redirects, auth and retry.
  */
-import { sha256Digest } from "./digest.ts";
+import { sha256Digest } from "../digest.ts";
 import {
   IntegrityError,
   ManifestError,
@@ -10,9 +10,9 @@ import {
   NotFoundError,
   type OciErrorDetail,
   RegistryError,
-} from "./errors.ts";
+} from "../errors.ts";
 import { MANIFEST_ACCEPT, MAX_MANIFEST_BYTES } from "./manifest.ts";
-import { type Fetch, finalUrl } from "./transport/fetch.ts";
+import { type Fetch, finalUrl } from "../transport/fetch.ts";
 
 /** Builds a RegistryError from a failed response, reading a capped JSON error body. */
 export async function errorFromResponse(

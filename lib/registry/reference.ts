@@ -6,7 +6,7 @@
  * safe to turn into a store path: no component can be empty, `.`, `..` or contain a separator.
  */
 
-import { UsageError } from "./errors.ts";
+import { UsageError } from "../errors.ts";
 
 /** A parsed, validated reference. */
 export interface Reference {

@@ -16,7 +16,7 @@
 import { readFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join } from "node:path";
-import { StoreError, UsageError } from "./errors.ts";
+import { StoreError, UsageError } from "../errors.ts";
 
 /** Mirror base URLs per registry host (`host[:port]`, lower case) or `*` for every host. */
 export type MirrorMap = Record<string, string[]>;

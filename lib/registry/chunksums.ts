@@ -15,10 +15,10 @@
  */
 import { open } from "node:fs/promises";
 import { createHash } from "node:crypto";
-import { checkDigest, isDigest } from "./digest.ts";
-import { HaulError, IntegrityError, InterruptedError, NetworkError, redactUrl } from "./errors.ts";
-import { errorFromResponse } from "./registry_client.ts";
-import { type Fetch, finalUrl, isLoopback } from "./transport/fetch.ts";
+import { checkDigest, isDigest } from "../digest.ts";
+import { HaulError, IntegrityError, InterruptedError, NetworkError, redactUrl } from "../errors.ts";
+import { errorFromResponse } from "./client.ts";
+import { type Fetch, finalUrl, isLoopback } from "../transport/fetch.ts";
 
 /** One chunk of a blob: bytes `start`..`end` inclusive hash to `digest`. */
 export interface Chunksum {
