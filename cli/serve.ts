@@ -5,7 +5,7 @@ import { parseArgs } from "node:util";
 import { NotFoundError, UsageError } from "../lib/errors.ts";
 import { DEFAULT_PORT, serve } from "../lib/http_server.ts";
 import { createRegistryHandler } from "../lib/registry_server.ts";
-import { defaultModelsDir } from "../lib/store_ollama.ts";
+import { defaultModelsDir } from "../lib/store/ollama.ts";
 import { type Command, parseSize } from "./common.ts";
 
 export const SERVE_HELP = `Usage: haul serve [options]

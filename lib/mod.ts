@@ -23,9 +23,9 @@ export type { Challenge } from "./auth/challenge.ts";
 export type { AuthChallenge } from "./auth/authenticator.ts";
 export { loadCredential } from "./auth/credentials.ts";
 export type { Credential } from "./auth/credentials.ts";
-export { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
-export { ociBlobFileName, OciLayout, REF_NAME_ANNOTATION } from "./store_oci.ts";
-export type { OciLayoutEntry } from "./store_oci.ts";
+export { defaultModelsDir, OllamaStore } from "./store/ollama.ts";
+export { ociBlobFileName, OciLayout, REF_NAME_ANNOTATION } from "./store/oci_layout.ts";
+export type { OciLayoutEntry } from "./store/oci_layout.ts";
 export {
   availablePlatforms,
   formatPlatform,
@@ -71,7 +71,7 @@ export {
   prune,
   removeModels,
   verify,
-} from "./store_ops.ts";
+} from "./store/ops.ts";
 export type {
   BlobProblem,
   ListOptions,
@@ -82,7 +82,7 @@ export type {
   StoredModel,
   VerifyOptions,
   VerifyResult,
-} from "./store_ops.ts";
+} from "./store/ops.ts";
 export { checkLogin, login, logout, parseRegistry } from "./login.ts";
 export type { LoginOptions, LoginResult, LogoutResult } from "./login.ts";
 export { COMMIT, VERSION } from "./version.ts";

@@ -32,8 +32,8 @@ import { availablePlatforms, formatPlatform, selectManifest } from "./registry/p
 import type { OnProgress } from "./progress_events.ts";
 import { formatReference, parseReference, type Reference } from "./registry/reference.ts";
 import type { ConnectionOptions } from "./registry/session.ts";
-import { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
-import { ociBlobFileName, OciLayout } from "./store_oci.ts";
+import { defaultModelsDir, OllamaStore } from "./store/ollama.ts";
+import { ociBlobFileName, OciLayout } from "./store/oci_layout.ts";
 
 export interface PullOptions extends ConnectionOptions, TransferTuning {
   /** Store root. @default $OLLAMA_MODELS or ~/.ollama/models */

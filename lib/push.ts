@@ -31,7 +31,7 @@ import { formatReference, parseReference, type Reference, shortName } from "./re
 import { errorFromResponse } from "./registry/client.ts";
 import { backoffDelay, DEFAULT_RETRY, isTransientError, type RetryPolicy, sleep } from "./transport/retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "./registry/session.ts";
-import { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
+import { defaultModelsDir, OllamaStore } from "./store/ollama.ts";
 import {
   type BlobReader,
   describe,

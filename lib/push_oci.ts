@@ -17,7 +17,7 @@ import {
 import type { PushOptions, PushResult } from "./push.ts";
 import { formatReference, type Reference } from "./registry/reference.ts";
 import { createSession } from "./registry/session.ts";
-import { OciLayout } from "./store_oci.ts";
+import { OciLayout } from "./store/oci_layout.ts";
 import { uploadImage } from "./upload.ts";
 
 interface LayoutDoc {

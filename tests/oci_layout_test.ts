@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
-import { OciLayout, REF_NAME_ANNOTATION } from "../lib/store_oci.ts";
+import { OciLayout, REF_NAME_ANNOTATION } from "../lib/store/oci_layout.ts";
 import { NotFoundError, UsageError } from "../lib/errors.ts";
 import {
   type Fixture,

@@ -15,7 +15,7 @@ import {
   platformMatches,
   selectManifest,
 } from "../lib/registry/platform.ts";
-import { REF_NAME_ANNOTATION } from "../lib/store_oci.ts";
+import { REF_NAME_ANNOTATION } from "../lib/store/oci_layout.ts";
 import { type Registry, runCli, startRegistry, tmpDir } from "./harness.ts";
 import {
   getBlob,

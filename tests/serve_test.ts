@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { parseChunksums } from "../lib/registry/chunksums.ts";
 import { fetchChunksums } from "../lib/registry/chunksums.ts";
 import { createRegistryHandler, parseRange } from "../lib/registry_server.ts";
-import { parseRepositoryName } from "../lib/store_catalog.ts";
+import { parseRepositoryName } from "../lib/store/catalog.ts";
 import {
   deterministicBytes,
   type Fixture,

@@ -16,7 +16,7 @@ import {
   removeModels,
   verify,
   type VerifyProgress,
-} from "../lib/store_ops.ts";
+} from "../lib/store/ops.ts";
 import { login, logout, parseRegistry } from "../lib/login.ts";
 import { loadCredential } from "../lib/auth/credentials.ts";
 import { type Fixture, type FixtureBlob, makeOllamaModel, MEDIA, tmpDir } from "./harness.ts";

@@ -18,8 +18,8 @@ import {
   DEFAULT_CHUNK_SIZE,
   formatChunksums,
   parseChunksums,
-} from "./registry/chunksums.ts";
-import { checkDigest } from "./digest.ts";
+} from "../registry/chunksums.ts";
+import { checkDigest } from "../digest.ts";
 
 const MAGIC = "haul-chunksums 1";
 

@@ -20,10 +20,10 @@ import { type FileHandle, open, readdir, readFile, rmdir, stat, unlink } from "n
 import { hostname } from "node:os";
 import { dirname, join, relative, sep } from "node:path";
 import process from "node:process";
-import { InterruptedError, NotFoundError, storeError } from "./errors.ts";
-import { type Descriptor, manifestBlobs, parseManifest } from "./registry/manifest.ts";
-import { formatReference, parseReference, type Reference, shortName } from "./registry/reference.ts";
-import { defaultModelsDir, OllamaStore } from "./store_ollama.ts";
+import { InterruptedError, NotFoundError, storeError } from "../errors.ts";
+import { type Descriptor, manifestBlobs, parseManifest } from "../registry/manifest.ts";
+import { formatReference, parseReference, type Reference, shortName } from "../registry/reference.ts";
+import { defaultModelsDir, OllamaStore } from "./ollama.ts";
 
 /** Files modified more recently than this are taken to belong to a running transfer (10 min). */
 export const DEFAULT_MIN_AGE = 10 * 60 * 1000;

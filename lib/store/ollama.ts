@@ -8,10 +8,10 @@
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join, resolve, sep } from "node:path";
-import { digestToFileName } from "./digest.ts";
-import { storeError, UsageError } from "./errors.ts";
-import { syncDir, syncPath } from "./disk/fsio.ts";
-import { manifestTag, type Reference } from "./registry/reference.ts";
+import { digestToFileName } from "../digest.ts";
+import { storeError, UsageError } from "../errors.ts";
+import { syncDir, syncPath } from "../disk/fsio.ts";
+import { manifestTag, type Reference } from "../registry/reference.ts";
 
 /** `$OLLAMA_MODELS`, else `~/.ollama/models`. */
 export function defaultModelsDir(env: Record<string, string | undefined> = process.env): string {

@@ -19,9 +19,9 @@
  */
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join, resolve, sep } from "node:path";
-import { isDigest, sha256Digest } from "./digest.ts";
-import { MAX_MANIFEST_BYTES, MediaType } from "./registry/manifest.ts";
-import { DEFAULT_HOST, DEFAULT_NAMESPACE } from "./registry/reference.ts";
+import { isDigest, sha256Digest } from "../digest.ts";
+import { MAX_MANIFEST_BYTES, MediaType } from "../registry/manifest.ts";
+import { DEFAULT_HOST, DEFAULT_NAMESPACE } from "../registry/reference.ts";
 
 // OCI distribution spec, "Pulling manifests": path components and tags.
 const COMPONENT_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;

@@ -13,7 +13,7 @@
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { randomBytes } from "node:crypto";
-import { checkDigest, sha256Digest } from "./digest.ts";
+import { checkDigest, sha256Digest } from "../digest.ts";
 import {
   HaulError,
   IntegrityError,
@@ -21,17 +21,17 @@ import {
   NotFoundError,
   storeError,
   UsageError,
-} from "./errors.ts";
-import { syncDir, syncPath } from "./disk/fsio.ts";
-import { waitForLock } from "./disk/lock.ts";
-import { type BlobReader, openBlobFile } from "./upload.ts";
+} from "../errors.ts";
+import { syncDir, syncPath } from "../disk/fsio.ts";
+import { waitForLock } from "../disk/lock.ts";
+import { type BlobReader, openBlobFile } from "../upload.ts";
 import {
   type Descriptor,
   MAX_MANIFEST_BYTES,
   MediaType,
   parseManifest,
   type Platform,
-} from "./registry/manifest.ts";
+} from "../registry/manifest.ts";
 
 /** The annotation skopeo, oras and containerd use for an entry's name in index.json. */
 export const REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name";
