@@ -8,8 +8,8 @@
  * ```
  * @module
  */
-export { DEFAULT_TUNING, download } from "./download.ts";
-export type { Blob, DownloadOptions, DownloadResult, TransferTuning } from "./download.ts";
+export { DEFAULT_TUNING, download } from "./download/download.ts";
+export type { Blob, DownloadOptions, DownloadResult, TransferTuning } from "./download/download.ts";
 export { currentPlatform, pull, resolveReference } from "./pull.ts";
 export type { PullOptions, PullResult } from "./pull.ts";
 export { copy, push } from "./push.ts";

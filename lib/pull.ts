@@ -10,7 +10,7 @@ import {
   type DownloadResult,
   sharedTransfer,
   type TransferTuning,
-} from "./download.ts";
+} from "./download/download.ts";
 import {
   HaulError,
   IntegrityError,

@@ -8,7 +8,7 @@ import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
 import { isDigest, Sha256 } from "./digest.ts";
-import type { Blob } from "./download.ts";
+import type { Blob } from "./download/download.ts";
 import {
   IntegrityError,
   InterruptedError,

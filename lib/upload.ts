@@ -29,7 +29,7 @@ import { type FileHandle, open, readFile, rename, rm, writeFile } from "node:fs/
 import { join } from "node:path";
 import process from "node:process";
 import { checkDigest, digestToFileName, sha256Digest } from "./digest.ts";
-import type { Blob } from "./download.ts";
+import type { Blob } from "./download/download.ts";
 import {
   HaulError,
   IntegrityError,

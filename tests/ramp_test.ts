@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Semaphore } from "../lib/transport/pool.ts";
-import { PartRamp, rampStart } from "../lib/ramp.ts";
+import { PartRamp, rampStart } from "../lib/download/ramp.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

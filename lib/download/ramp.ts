@@ -14,7 +14,7 @@
  * up to ~20%, and 15% let it open in 2 of 5 runs) the limit is opened fully,
  * else it goes back to the start and stays there.
  */
-import type { Semaphore } from "./transport/pool.ts";
+import type { Semaphore } from "../transport/pool.ts";
 
 /** Options for {@link PartRamp}. */
 export interface RampOptions {

@@ -27,18 +27,18 @@ import {
   redactUrl,
   RegistryError,
   storeError,
-} from "./errors.ts";
-import { Sha256 } from "./digest.ts";
-import { createFileHasher, type FileHasher } from "./disk/hasher.ts";
-import { createSized, syncDir, syncPath } from "./disk/fsio.ts";
-import type { BlockWriter } from "./disk/block_writer.ts";
-import type { BufferPool, Semaphore } from "./transport/pool.ts";
+} from "../errors.ts";
+import { Sha256 } from "../digest.ts";
+import { createFileHasher, type FileHasher } from "../disk/hasher.ts";
+import { createSized, syncDir, syncPath } from "../disk/fsio.ts";
+import type { BlockWriter } from "../disk/block_writer.ts";
+import type { BufferPool, Semaphore } from "../transport/pool.ts";
 import type { PartRamp } from "./ramp.ts";
-import { waitForLock } from "./disk/lock.ts";
-import type { RateLimiter } from "./transport/rate_limit.ts";
-import { backoffDelay, isTransientError, type RetryPolicy, sleep } from "./transport/retry.ts";
-import type { Fetch } from "./transport/fetch.ts";
-import { errorFromResponse } from "./registry/client.ts";
+import { waitForLock } from "../disk/lock.ts";
+import type { RateLimiter } from "../transport/rate_limit.ts";
+import { backoffDelay, isTransientError, type RetryPolicy, sleep } from "../transport/retry.ts";
+import type { Fetch } from "../transport/fetch.ts";
+import { errorFromResponse } from "../registry/client.ts";
 
 export interface RangeTuning {
   /** Bytes per Range part. @default 16 MiB */

@@ -4,19 +4,19 @@
  * verified, skipping blobs already present.
  */
 import { join } from "node:path";
-import { checkDigest, digestToFileName, sha256Digest } from "./digest.ts";
-import { HaulError, InterruptedError, storeError } from "./errors.ts";
-import { MAX_BLOB_SIZE } from "./registry/manifest.ts";
-import { type Chunksum, fetchChunksums } from "./registry/chunksums.ts";
-import { acquireBlockWriter } from "./disk/block_writer.ts";
-import { syncDir } from "./disk/fsio.ts";
-import { BufferPool, Semaphore } from "./transport/pool.ts";
-import { RateLimiter } from "./transport/rate_limit.ts";
+import { checkDigest, digestToFileName, sha256Digest } from "../digest.ts";
+import { HaulError, InterruptedError, storeError } from "../errors.ts";
+import { MAX_BLOB_SIZE } from "../registry/manifest.ts";
+import { type Chunksum, fetchChunksums } from "../registry/chunksums.ts";
+import { acquireBlockWriter } from "../disk/block_writer.ts";
+import { syncDir } from "../disk/fsio.ts";
+import { BufferPool, Semaphore } from "../transport/pool.ts";
+import { RateLimiter } from "../transport/rate_limit.ts";
 import { PartRamp, rampStart } from "./ramp.ts";
-import type { OnProgress } from "./progress_events.ts";
+import type { OnProgress } from "../progress_events.ts";
 import { downloadBlob, type RangeTuning, SpeedTracker } from "./range_download.ts";
-import { DEFAULT_RETRY } from "./transport/retry.ts";
-import { type ConnectionOptions, createSession, type Session } from "./registry/session.ts";
+import { DEFAULT_RETRY } from "../transport/retry.ts";
+import { type ConnectionOptions, createSession, type Session } from "../registry/session.ts";
 import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 
 /** A blob to transfer. */
