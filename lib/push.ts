@@ -42,7 +42,7 @@ import {
   uploadImage,
   type UploadResult,
   type UploadTuning,
-} from "./upload.ts";
+} from "./upload/upload.ts";
 
 export interface PushOptions extends ConnectionOptions, UploadTuning {
   /** Store root. @default $OLLAMA_MODELS or ~/.ollama/models */

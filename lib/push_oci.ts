@@ -18,7 +18,7 @@ import type { PushOptions, PushResult } from "./push.ts";
 import { formatReference, type Reference } from "./registry/reference.ts";
 import { createSession } from "./registry/session.ts";
 import { OciLayout } from "./store/oci_layout.ts";
-import { uploadImage } from "./upload.ts";
+import { uploadImage } from "./upload/upload.ts";
 
 interface LayoutDoc {
   digest: string;

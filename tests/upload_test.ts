@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
-import { parseUploadRange, upload, uploadStatePath, withDigest } from "../lib/upload.ts";
+import { parseUploadRange, upload, uploadStatePath, withDigest } from "../lib/upload/upload.ts";
 import type { ProgressEvent } from "../lib/progress_events.ts";
 import { IntegrityError, RegistryError } from "../lib/errors.ts";
 import { tmpDir } from "./harness.ts";

@@ -28,8 +28,8 @@ import { createHash } from "node:crypto";
 import { type FileHandle, open, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
-import { checkDigest, digestToFileName, sha256Digest } from "./digest.ts";
-import type { Blob } from "./download/download.ts";
+import { checkDigest, digestToFileName, sha256Digest } from "../digest.ts";
+import type { Blob } from "../download/download.ts";
 import {
   HaulError,
   IntegrityError,
@@ -40,11 +40,11 @@ import {
   redactUrl,
   RegistryError,
   storeError,
-} from "./errors.ts";
-import { MAX_BLOB_SIZE, MAX_MANIFEST_BYTES } from "./registry/manifest.ts";
-import { Semaphore } from "./transport/pool.ts";
-import type { OnProgress } from "./progress_events.ts";
-import { errorFromResponse } from "./registry/client.ts";
+} from "../errors.ts";
+import { MAX_BLOB_SIZE, MAX_MANIFEST_BYTES } from "../registry/manifest.ts";
+import { Semaphore } from "../transport/pool.ts";
+import type { OnProgress } from "../progress_events.ts";
+import { errorFromResponse } from "../registry/client.ts";
 import {
   backoffDelay,
   DEFAULT_RETRY,
@@ -52,10 +52,10 @@ import {
   isTransientError,
   type RetryPolicy,
   sleep,
-} from "./transport/retry.ts";
-import { type ConnectionOptions, createSession, type Session } from "./registry/session.ts";
-import { finalUrl, ReplayNeeded, SEND_ONCE } from "./transport/fetch.ts";
-import { fileSliceBody } from "./disk/fsio.ts";
+} from "../transport/retry.ts";
+import { type ConnectionOptions, createSession, type Session } from "../registry/session.ts";
+import { finalUrl, ReplayNeeded, SEND_ONCE } from "../transport/fetch.ts";
+import { fileSliceBody } from "../disk/fsio.ts";
 
 /** Tuning for uploads; every field has a measured default (see {@link DEFAULT_UPLOAD_TUNING}). */
 export interface UploadTuning {
