@@ -10,10 +10,10 @@
  */
 export { DEFAULT_TUNING, download } from "./download/download.ts";
 export type { Blob, DownloadOptions, DownloadResult, TransferTuning } from "./download/download.ts";
-export { currentPlatform, pull, resolveReference } from "./pull.ts";
-export type { PullOptions, PullResult } from "./pull.ts";
-export { copy, push } from "./push.ts";
-export type { CopyOptions, PushOptions, PushResult } from "./push.ts";
+export { currentPlatform, pull, resolveReference } from "./ops/pull.ts";
+export type { PullOptions, PullResult } from "./ops/pull.ts";
+export { copy, push } from "./ops/push.ts";
+export type { CopyOptions, PushOptions, PushResult } from "./ops/push.ts";
 export { DEFAULT_UPLOAD_TUNING, putManifest, upload } from "./upload/upload.ts";
 export type { BlobReader, OpenBlob, UploadOptions, UploadResult, UploadTuning } from "./upload/upload.ts";
 export { formatReference, manifestTag, parseReference, shortName } from "./registry/reference.ts";
@@ -83,6 +83,6 @@ export type {
   VerifyOptions,
   VerifyResult,
 } from "./store/ops.ts";
-export { checkLogin, login, logout, parseRegistry } from "./login.ts";
-export type { LoginOptions, LoginResult, LogoutResult } from "./login.ts";
+export { checkLogin, login, logout, parseRegistry } from "./ops/login.ts";
+export type { LoginOptions, LoginResult, LogoutResult } from "./ops/login.ts";
 export { COMMIT, VERSION } from "./version.ts";

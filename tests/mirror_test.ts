@@ -21,7 +21,7 @@ import {
   parseMirrorList,
 } from "../lib/registry/mirror_config.ts";
 import { UsageError } from "../lib/errors.ts";
-import { pull } from "../lib/pull.ts";
+import { pull } from "../lib/ops/pull.ts";
 import {
   type Fixture,
   makeOllamaModel,

@@ -17,7 +17,7 @@ import {
   verify,
   type VerifyProgress,
 } from "../lib/store/ops.ts";
-import { login, logout, parseRegistry } from "../lib/login.ts";
+import { login, logout, parseRegistry } from "../lib/ops/login.ts";
 import { loadCredential } from "../lib/auth/credentials.ts";
 import { type Fixture, type FixtureBlob, makeOllamaModel, MEDIA, tmpDir } from "./harness.ts";
 

@@ -5,20 +5,20 @@
  * the same digest. An index goes up after every manifest it lists, each by digest.
  * Reached through `push(ref, dest, { ociLayout })` (lib/push.ts).
  */
-import type { Blob } from "./download/download.ts";
-import { IntegrityError, ManifestError, UsageError } from "./errors.ts";
+import type { Blob } from "../download/download.ts";
+import { IntegrityError, ManifestError, UsageError } from "../errors.ts";
 import {
   type Descriptor,
   imageBlobs,
   type ImageManifest,
   type IndexManifest,
   parseManifest,
-} from "./registry/manifest.ts";
+} from "../registry/manifest.ts";
 import type { PushOptions, PushResult } from "./push.ts";
-import { formatReference, type Reference } from "./registry/reference.ts";
-import { createSession } from "./registry/session.ts";
-import { OciLayout } from "./store/oci_layout.ts";
-import { uploadImage } from "./upload/upload.ts";
+import { formatReference, type Reference } from "../registry/reference.ts";
+import { createSession } from "../registry/session.ts";
+import { OciLayout } from "../store/oci_layout.ts";
+import { uploadImage } from "../upload/upload.ts";
 
 interface LayoutDoc {
   digest: string;

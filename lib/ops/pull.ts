@@ -10,14 +10,14 @@ import {
   type DownloadResult,
   sharedTransfer,
   type TransferTuning,
-} from "./download/download.ts";
+} from "../download/download.ts";
 import {
   HaulError,
   IntegrityError,
   InterruptedError,
   ManifestError,
   UsageError,
-} from "./errors.ts";
+} from "../errors.ts";
 import {
   type Descriptor,
   imageBlobs,
@@ -25,15 +25,15 @@ import {
   type IndexManifest,
   parseManifest,
   type Platform,
-} from "./registry/manifest.ts";
-import { type MirrorMap, mirrorsFor } from "./registry/mirror_config.ts";
-import { type Source, SourceSet } from "./registry/mirror.ts";
-import { availablePlatforms, formatPlatform, selectManifest } from "./registry/platform.ts";
-import type { OnProgress } from "./progress_events.ts";
-import { formatReference, parseReference, type Reference } from "./registry/reference.ts";
-import type { ConnectionOptions } from "./registry/session.ts";
-import { defaultModelsDir, OllamaStore } from "./store/ollama.ts";
-import { ociBlobFileName, OciLayout } from "./store/oci_layout.ts";
+} from "../registry/manifest.ts";
+import { type MirrorMap, mirrorsFor } from "../registry/mirror_config.ts";
+import { type Source, SourceSet } from "../registry/mirror.ts";
+import { availablePlatforms, formatPlatform, selectManifest } from "../registry/platform.ts";
+import type { OnProgress } from "../progress_events.ts";
+import { formatReference, parseReference, type Reference } from "../registry/reference.ts";
+import type { ConnectionOptions } from "../registry/session.ts";
+import { defaultModelsDir, OllamaStore } from "../store/ollama.ts";
+import { ociBlobFileName, OciLayout } from "../store/oci_layout.ts";
 
 export interface PullOptions extends ConnectionOptions, TransferTuning {
   /** Store root. @default $OLLAMA_MODELS or ~/.ollama/models */

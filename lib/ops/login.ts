@@ -19,12 +19,12 @@ import { chmod, lstat, mkdir, open, readFile, realpath, rename, rm } from "node:
 import { homedir } from "node:os";
 import { dirname, join } from "node:path";
 import process from "node:process";
-import { helperDetail, runCredentialHelper } from "./auth/credential_helper.ts";
-import type { Credential } from "./auth/credentials.ts";
-import { AuthError, RegistryError, storeError, UsageError } from "./errors.ts";
-import { syncDir } from "./disk/fsio.ts";
-import { parseReference } from "./registry/reference.ts";
-import { type ConnectionOptions, createSession } from "./registry/session.ts";
+import { helperDetail, runCredentialHelper } from "../auth/credential_helper.ts";
+import type { Credential } from "../auth/credentials.ts";
+import { AuthError, RegistryError, storeError, UsageError } from "../errors.ts";
+import { syncDir } from "../disk/fsio.ts";
+import { parseReference } from "../registry/reference.ts";
+import { type ConnectionOptions, createSession } from "../registry/session.ts";
 
 const DOCKER_HUB_ALIASES = new Set(["docker.io", "index.docker.io", "registry-1.docker.io"]);
 /** The key (and helper server URL) docker uses for Docker Hub. */

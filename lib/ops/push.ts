@@ -7,8 +7,8 @@
 import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
-import { isDigest, Sha256 } from "./digest.ts";
-import type { Blob } from "./download/download.ts";
+import { isDigest, Sha256 } from "../digest.ts";
+import type { Blob } from "../download/download.ts";
 import {
   IntegrityError,
   InterruptedError,
@@ -16,22 +16,22 @@ import {
   NetworkError,
   NotFoundError,
   UsageError,
-} from "./errors.ts";
+} from "../errors.ts";
 import {
   type Descriptor,
   imageBlobs,
   type ImageManifest,
   manifestBlobs,
   parseManifest,
-} from "./registry/manifest.ts";
-import type { OnProgress } from "./progress_events.ts";
+} from "../registry/manifest.ts";
+import type { OnProgress } from "../progress_events.ts";
 import { resolveReference } from "./pull.ts";
 import { pushFromLayout } from "./push_oci.ts";
-import { formatReference, parseReference, type Reference, shortName } from "./registry/reference.ts";
-import { errorFromResponse } from "./registry/client.ts";
-import { backoffDelay, DEFAULT_RETRY, isTransientError, type RetryPolicy, sleep } from "./transport/retry.ts";
-import { type ConnectionOptions, createSession, type Session } from "./registry/session.ts";
-import { defaultModelsDir, OllamaStore } from "./store/ollama.ts";
+import { formatReference, parseReference, type Reference, shortName } from "../registry/reference.ts";
+import { errorFromResponse } from "../registry/client.ts";
+import { backoffDelay, DEFAULT_RETRY, isTransientError, type RetryPolicy, sleep } from "../transport/retry.ts";
+import { type ConnectionOptions, createSession, type Session } from "../registry/session.ts";
+import { defaultModelsDir, OllamaStore } from "../store/ollama.ts";
 import {
   type BlobReader,
   describe,
@@ -42,7 +42,7 @@ import {
   uploadImage,
   type UploadResult,
   type UploadTuning,
-} from "./upload/upload.ts";
+} from "../upload/upload.ts";
 
 export interface PushOptions extends ConnectionOptions, UploadTuning {
   /** Store root. @default $OLLAMA_MODELS or ~/.ollama/models */
