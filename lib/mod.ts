@@ -51,10 +51,10 @@ export type { ProgressEvent } from "./progress_events.ts";
 export type { ConnectionOptions } from "./registry/session.ts";
 export type { Fetch } from "./transport/fetch.ts";
 export * from "./errors.ts";
-export { createRegistryHandler, parseRange } from "./registry_server.ts";
-export type { RegistryHandlerOptions, RequestLogEntry, ServeLogger } from "./registry_server.ts";
-export { DEFAULT_PORT, serve } from "./http_server.ts";
-export type { Handler, HttpServer, ServeOptions } from "./http_server.ts";
+export { createRegistryHandler, parseRange } from "./server/registry_server.ts";
+export type { RegistryHandlerOptions, RequestLogEntry, ServeLogger } from "./server/registry_server.ts";
+export { DEFAULT_PORT, serve } from "./server/http_server.ts";
+export type { Handler, HttpServer, ServeOptions } from "./server/http_server.ts";
 export {
   computeChunksums,
   DEFAULT_CHUNK_SIZE,

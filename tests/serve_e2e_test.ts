@@ -11,8 +11,8 @@ import * as net from "node:net";
 import { join } from "node:path";
 import process from "node:process";
 import { exposureWarning, isLoopbackHost, parseAddr } from "../cli/serve.ts";
-import { serve } from "../lib/http_server.ts";
-import { createRegistryHandler } from "../lib/registry_server.ts";
+import { serve } from "../lib/server/http_server.ts";
+import { createRegistryHandler } from "../lib/server/registry_server.ts";
 import {
   type Fixture,
   makeOciImage,

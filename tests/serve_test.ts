@@ -8,7 +8,7 @@ import { mkdir, readdir, readFile, rm, utimes, writeFile } from "node:fs/promise
 import { join } from "node:path";
 import { parseChunksums } from "../lib/registry/chunksums.ts";
 import { fetchChunksums } from "../lib/registry/chunksums.ts";
-import { createRegistryHandler, parseRange } from "../lib/registry_server.ts";
+import { createRegistryHandler, parseRange } from "../lib/server/registry_server.ts";
 import { parseRepositoryName } from "../lib/store/catalog.ts";
 import {
   deterministicBytes,

@@ -7,7 +7,7 @@
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import { Readable } from "node:stream";
-import { NetworkError } from "./errors.ts";
+import { NetworkError } from "../errors.ts";
 
 /** A request handler: no socket, no runtime API. */
 export type Handler = (req: Request) => Promise<Response>;

@@ -14,13 +14,13 @@
  * Everything else that would write is 405 UNSUPPORTED: the store is read-only.
  * Names map onto the store as described in `store_catalog.ts`.
  */
-import { ChunksumsCache } from "./store/chunksums_cache.ts";
-import { DEFAULT_CHUNK_SIZE } from "./registry/chunksums.ts";
-import { isDigest } from "./digest.ts";
-import { DEFAULT_READ_SIZE, openFile } from "./disk/file_stream.ts";
+import { ChunksumsCache } from "../store/chunksums_cache.ts";
+import { DEFAULT_CHUNK_SIZE } from "../registry/chunksums.ts";
+import { isDigest } from "../digest.ts";
+import { DEFAULT_READ_SIZE, openFile } from "../disk/file_stream.ts";
 import { join } from "node:path";
-import { isTag, StoreCatalog, type StoreRepository } from "./store/catalog.ts";
-import { defaultModelsDir } from "./store/ollama.ts";
+import { isTag, StoreCatalog, type StoreRepository } from "../store/catalog.ts";
+import { defaultModelsDir } from "../store/ollama.ts";
 
 /** Where the handler reports what it does; nothing is printed otherwise. */
 export interface ServeLogger {
