@@ -1,7 +1,7 @@
 /** Helpers shared by the command modules: flag parsing and progress wiring. */
 import process from "node:process";
 import { UsageError } from "../lib/errors.ts";
-import { createRenderer, type Renderer } from "../lib/progress.ts";
+import { createRenderer, type Renderer } from "./progress.ts";
 
 /** A command: parses its own flags, runs, throws typed errors. */
 export type Command = (args: string[], signal: AbortSignal) => Promise<void>;

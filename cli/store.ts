@@ -2,7 +2,7 @@
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { IntegrityError, NotFoundError, UsageError } from "../lib/errors.ts";
-import { formatBytes } from "../lib/progress.ts";
+import { formatBytes } from "./progress.ts";
 import {
   formatAge,
   listModels,

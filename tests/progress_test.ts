@@ -11,7 +11,7 @@ import {
   QuietRenderer,
   renderTty,
   TtyRenderer,
-} from "../lib/progress.ts";
+} from "../cli/progress.ts";
 import type { ProgressEvent } from "../lib/progress_events.ts";
 
 const A = "sha256:de20d2cf2dc4" + "0".repeat(52);

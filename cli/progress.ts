@@ -9,7 +9,7 @@
  * @module
  */
 
-import type { ProgressEvent } from "./progress_events.ts";
+import type { ProgressEvent } from "../lib/progress_events.ts";
 
 /** Direction of a blob transfer. */
 export type TransferOp = "pull" | "push";
