@@ -4,7 +4,7 @@ import { createInterface } from "node:readline";
 import { Writable } from "node:stream";
 import { parseArgs } from "node:util";
 import { InterruptedError, UsageError } from "../lib/errors.ts";
-import { login, logout } from "../lib/ops/login.ts";
+import { login, logout } from "../lib/mod.ts";
 import type { Command } from "./common.ts";
 import { commandSpec, formatFlags, parseOptions } from "./commands.ts";
 import { readCaFile } from "./pull.ts";

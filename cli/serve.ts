@@ -3,9 +3,7 @@ import { stat } from "node:fs/promises";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { NotFoundError, UsageError } from "../lib/errors.ts";
-import { DEFAULT_PORT, serve } from "../lib/server/http_server.ts";
-import { createRegistryHandler } from "../lib/server/registry_server.ts";
-import { defaultModelsDir } from "../lib/store/ollama.ts";
+import { createRegistryHandler, DEFAULT_PORT, defaultModelsDir, serve } from "../lib/mod.ts";
 import { type Command, parseSize } from "./common.ts";
 
 export const SERVE_HELP = `Usage: haul serve [options]

@@ -11,7 +11,7 @@ import {
   removeModels,
   verify,
   type VerifyProgress,
-} from "../lib/store/ops.ts";
+} from "../lib/mod.ts";
 import { shortDigest } from "../lib/digest.ts";
 import type { Command } from "./common.ts";
 import { commandSpec, formatFlags, parseOptions } from "./commands.ts";

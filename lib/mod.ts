@@ -9,13 +9,19 @@
  * @module
  */
 export { DEFAULT_TUNING, download } from "./download/download.ts";
-export type { Blob, DownloadOptions, DownloadResult, TransferTuning } from "./download/download.ts";
+export type { DownloadOptions, DownloadResult, TransferTuning } from "./download/download.ts";
 export { currentPlatform, pull, resolveReference } from "./ops/pull.ts";
 export type { PullOptions, PullResult } from "./ops/pull.ts";
 export { copy, push } from "./ops/push.ts";
 export type { CopyOptions, PushOptions, PushResult } from "./ops/push.ts";
 export { DEFAULT_UPLOAD_TUNING, putManifest, upload } from "./upload/upload.ts";
-export type { BlobReader, OpenBlob, UploadOptions, UploadResult, UploadTuning } from "./upload/upload.ts";
+export type {
+  BlobReader,
+  OpenBlob,
+  UploadOptions,
+  UploadResult,
+  UploadTuning,
+} from "./upload/upload.ts";
 export { formatReference, manifestTag, parseReference, shortName } from "./registry/reference.ts";
 export type { Reference } from "./registry/reference.ts";
 export { parseChallenges, pickChallenge } from "./auth/challenge.ts";
@@ -45,14 +51,24 @@ export type { LoadMirrorsOptions, MirrorMap, MirrorSource } from "./registry/mir
 export { MIRROR_RETRY, SourceSet } from "./registry/mirror.ts";
 export type { Source, SourceSetOptions } from "./registry/mirror.ts";
 export { manifestBlobs, MediaType, parseManifest } from "./registry/manifest.ts";
-export type { Descriptor, ImageManifest, IndexManifest, Platform } from "./registry/manifest.ts";
+export type {
+  Blob,
+  Descriptor,
+  ImageManifest,
+  IndexManifest,
+  Platform,
+} from "./registry/manifest.ts";
 export { checkDigest, isDigest, sha256Digest } from "./digest.ts";
 export type { ProgressEvent } from "./progress_events.ts";
 export type { ConnectionOptions } from "./registry/session.ts";
 export type { Fetch } from "./transport/fetch.ts";
 export * from "./errors.ts";
 export { createRegistryHandler, parseRange } from "./server/registry_server.ts";
-export type { RegistryHandlerOptions, RequestLogEntry, ServeLogger } from "./server/registry_server.ts";
+export type {
+  RegistryHandlerOptions,
+  RequestLogEntry,
+  ServeLogger,
+} from "./server/registry_server.ts";
 export { DEFAULT_PORT, serve } from "./server/http_server.ts";
 export type { Handler, HttpServer, ServeOptions } from "./server/http_server.ts";
 export {
@@ -75,12 +91,14 @@ export {
 export type {
   BlobProblem,
   ListOptions,
+  PrunedFile,
   PruneOptions,
   PruneResult,
   RemoveOptions,
   RemoveResult,
   StoredModel,
   VerifyOptions,
+  VerifyProgress,
   VerifyResult,
 } from "./store/ops.ts";
 export { checkLogin, login, logout, parseRegistry } from "./ops/login.ts";

@@ -19,14 +19,8 @@ import { DEFAULT_RETRY } from "../transport/retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "../registry/session.ts";
 import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
 
-/** A blob to transfer. */
-export interface Blob {
-  /** `sha256:<hex>` */
-  digest: string;
-  size: number;
-  /** Upload only: a repository on the same registry to mount the blob from. */
-  from?: string;
-}
+import type { Blob } from "../registry/manifest.ts";
+export type { Blob };
 
 /** Tuning shared by pull and download; every field has a measured default. */
 export interface TransferTuning {

@@ -8,7 +8,7 @@ import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
 import { isDigest, Sha256 } from "../digest.ts";
-import type { Blob } from "../download/download.ts";
+import type { Blob } from "../registry/manifest.ts";
 import {
   IntegrityError,
   InterruptedError,
@@ -27,16 +27,26 @@ import {
 import type { OnProgress } from "../progress_events.ts";
 import { resolveReference } from "./pull.ts";
 import { pushFromLayout } from "./push_oci.ts";
-import { formatReference, parseReference, type Reference, shortName } from "../registry/reference.ts";
+import {
+  formatReference,
+  parseReference,
+  type Reference,
+  shortName,
+} from "../registry/reference.ts";
 import { errorFromResponse } from "../registry/client.ts";
-import { backoffDelay, DEFAULT_RETRY, isTransientError, type RetryPolicy, sleep } from "../transport/retry.ts";
+import {
+  backoffDelay,
+  DEFAULT_RETRY,
+  isTransientError,
+  type RetryPolicy,
+  sleep,
+} from "../transport/retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "../registry/session.ts";
 import { defaultModelsDir, OllamaStore } from "../store/ollama.ts";
+import { type BlobReader, openStoreBlob } from "../disk/blob_file.ts";
 import {
-  type BlobReader,
   describe,
   type OpenBlob,
-  openStoreBlob,
   SourceDigestError,
   upload,
   uploadImage,

@@ -5,7 +5,7 @@
  * the same digest. An index goes up after every manifest it lists, each by digest.
  * Reached through `push(ref, dest, { ociLayout })` (lib/push.ts).
  */
-import type { Blob } from "../download/download.ts";
+import type { Blob } from "../registry/manifest.ts";
 import { IntegrityError, ManifestError, UsageError } from "../errors.ts";
 import {
   type Descriptor,

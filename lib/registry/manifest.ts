@@ -157,3 +157,12 @@ export function imageBlobs(images: ImageManifest[]): Descriptor[] {
   }
   return out;
 }
+
+/** A blob to transfer. */
+export interface Blob {
+  /** `sha256:<hex>` */
+  digest: string;
+  size: number;
+  /** Upload only: a repository on the same registry to mount the blob from. */
+  from?: string;
+}

@@ -17,9 +17,8 @@
 import { ChunksumsCache } from "../store/chunksums_cache.ts";
 import { DEFAULT_CHUNK_SIZE } from "../registry/chunksums.ts";
 import { isDigest } from "../digest.ts";
-import { DEFAULT_READ_SIZE, openFile } from "../disk/file_stream.ts";
 import { join } from "node:path";
-import { isTag, StoreCatalog, type StoreRepository } from "../store/catalog.ts";
+import { DEFAULT_READ_SIZE, isTag, StoreCatalog, type StoreRepository } from "../store/catalog.ts";
 import { defaultModelsDir } from "../store/ollama.ts";
 
 /** Where the handler reports what it does; nothing is printed otherwise. */
@@ -193,7 +192,7 @@ async function manifest(
 }
 
 async function blob(req: Request, digest: string, ctx: Ctx): Promise<Response> {
-  const file = await openFile(ctx.catalog.blobPath(digest));
+  const file = await ctx.catalog.openBlob(digest);
   if (!file) return ociError(req, 404, "BLOB_UNKNOWN", `Blob ${digest} is not in this store`);
   const size = file.size;
   const headers = new Headers({

@@ -20,8 +20,11 @@
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join, resolve, sep } from "node:path";
 import { isDigest, sha256Digest } from "../digest.ts";
+import { type OpenFile, openFile } from "../disk/file_stream.ts";
 import { MAX_MANIFEST_BYTES, MediaType } from "../registry/manifest.ts";
 import { DEFAULT_HOST, DEFAULT_NAMESPACE } from "../registry/reference.ts";
+
+export { DEFAULT_READ_SIZE, type OpenFile } from "../disk/file_stream.ts";
 
 // OCI distribution spec, "Pulling manifests": path components and tags.
 const COMPONENT_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
@@ -260,6 +263,11 @@ export class StoreCatalog {
   blobPath(digest: string): string {
     if (!isDigest(digest)) throw new RangeError(`Invalid digest ${JSON.stringify(digest)}`);
     return join(this.blobsDir, digest.replace(":", "-"));
+  }
+
+  /** Opens a blob by digest for ranged reads; undefined when the store lacks it. */
+  openBlob(digest: string): Promise<OpenFile | undefined> {
+    return openFile(this.blobPath(digest));
   }
 
   /**

@@ -24,7 +24,7 @@ import {
 } from "../errors.ts";
 import { syncDir, syncPath } from "../disk/fsio.ts";
 import { waitForLock } from "../disk/lock.ts";
-import { type BlobReader, openBlobFile } from "../upload/upload.ts";
+import { type BlobReader, openBlobFile } from "../disk/blob_file.ts";
 import {
   type Descriptor,
   MAX_MANIFEST_BYTES,

@@ -22,7 +22,12 @@ import { dirname, join, relative, sep } from "node:path";
 import process from "node:process";
 import { InterruptedError, NotFoundError, storeError } from "../errors.ts";
 import { type Descriptor, manifestBlobs, parseManifest } from "../registry/manifest.ts";
-import { formatReference, parseReference, type Reference, shortName } from "../registry/reference.ts";
+import {
+  formatReference,
+  parseReference,
+  type Reference,
+  shortName,
+} from "../registry/reference.ts";
 import { defaultModelsDir, OllamaStore } from "./ollama.ts";
 
 /** Files modified more recently than this are taken to belong to a running transfer (10 min). */
