@@ -25,8 +25,8 @@ import {
   REPO_ROOT,
   startRegistry,
   tmpDir,
-} from "../tests/harness.ts";
-import { type FaultProxy, type ProxiedRequest, startFaultProxy } from "../tests/fault_proxy.ts";
+} from "../tests/support/harness.ts";
+import { type FaultProxy, type ProxiedRequest, startFaultProxy } from "../tests/support/fault_proxy.ts";
 import {
   checkTime,
   coldExceptSource,

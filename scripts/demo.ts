@@ -18,8 +18,8 @@ import { createHash } from "node:crypto";
 import { open, readFile, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
-import { makeOllamaModel, REPO_ROOT, tmpDir } from "../tests/harness.ts";
-import { type ServeProcess, startServe, storeFixture } from "../tests/serve_fixtures.ts";
+import { makeOllamaModel, REPO_ROOT, tmpDir } from "../tests/support/harness.ts";
+import { type ServeProcess, startServe, storeFixture } from "../tests/server/serve_fixtures.ts";
 
 const MODEL_BYTES = 300_000_000;
 const inBun = "Bun" in globalThis;

@@ -29,7 +29,7 @@ import {
   sha256File,
   startRegistry,
   tmpDir,
-} from "../tests/harness.ts";
+} from "../tests/support/harness.ts";
 
 const MiB = 1024 * 1024;
 

@@ -13,8 +13,8 @@ import { execFile } from "node:child_process";
 import { rm } from "node:fs/promises";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { makeOllamaModel, tmpDir } from "../tests/harness.ts";
-import { loadBlob, type LoadResult, startServe, storeFixture } from "../tests/serve_fixtures.ts";
+import { makeOllamaModel, tmpDir } from "../tests/support/harness.ts";
+import { loadBlob, type LoadResult, startServe, storeFixture } from "../tests/server/serve_fixtures.ts";
 
 /** curl's download speed in MB/s (the server's rate without a hashing client), if curl is here. */
 function curlSpeed(url: string): Promise<number | undefined> {
