@@ -153,5 +153,19 @@ export const serveCommand: Command = async (args, signal) => {
   const exposed = exposureWarning(hostname, server.port, modelsDir);
   if (exposed) say(`warning: ${exposed}`);
   say(`serving ${modelsDir} read-only on http://${shown}:${server.port}/v2/ (Ctrl-C to stop)`);
-  await server.finished;
+  // Shutdown waits for the responses in flight; one to a client that stopped reading may not
+  // end (Deno's server keeps it while the socket's buffers are full), so after a grace period
+  // the command returns and the process exits with whatever is still open.
+  await Promise.race([server.finished, graceAfter(signal, SHUTDOWN_GRACE_MS)]);
 };
+
+/** How long in-flight responses get after SIGTERM/SIGINT before the server is left. */
+const SHUTDOWN_GRACE_MS = 2000;
+
+function graceAfter(signal: AbortSignal, ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    const start = () => setTimeout(resolve, ms);
+    if (signal.aborted) start();
+    else signal.addEventListener("abort", start, { once: true });
+  });
+}
