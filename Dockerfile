@@ -5,7 +5,7 @@
 #
 # The glibc build: Bun's musl build also links a musl libstdc++, which Debian lacks.
 # The final stage's COPY lines must list what scripts/rootfs.sh assembles (the loader
-# and libraries `ldd dist/haul` prints, and the CA bundle); tests/container_test.ts
+# and libraries `ldd dist/haul` prints, and the CA bundle); tests/cli/container_test.ts
 # checks that they agree and runs the result in a chroot.
 
 FROM node:22-bookworm-slim AS build

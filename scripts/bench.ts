@@ -3,7 +3,7 @@
  * `deno task bench`: haul against its peers on loopback (issue 5).
  *
  * Starts Debian's docker-registry (tests/harness.ts), nginx in front of it with a
- * per-connection rate limit (a CDN stand-in), and tests/fault_proxy.ts where a
+ * per-connection rate limit (a CDN stand-in), and tests/support/fault_proxy.ts where a
  * scenario needs faults; builds deterministic fixtures and pushes them with the
  * harness's independent pusher; then runs haul and the peers on the same work,
  * alternating, several rounds, with the page cache dropped and the source
@@ -1217,7 +1217,7 @@ async function p6(): Promise<ScenarioBody> {
         fmtBytes(size)
       } blob stalls mid-transfer (--stall-timeout ${STALL_TIMEOUT})`,
       about: [
-        `tests/fault_proxy.ts (in the harness process) between haul and docker-registry ${reg.host}; haul with \`--stall-timeout ${STALL_TIMEOUT}\`, otherwise defaults.`,
+        `tests/support/fault_proxy.ts (in the harness process) between haul and docker-registry ${reg.host}; haul with \`--stall-timeout ${STALL_TIMEOUT}\`, otherwise defaults.`,
         `Fault: the first GET whose Range covers byte ${mid} (the middle) gets 1 MiB of body and then nothing, connection left open${
           stalledRanges.length ? ` (stalled: ${[...new Set(stalledRanges)].join(", ")})` : ""
         }.`,

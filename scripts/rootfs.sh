@@ -5,7 +5,7 @@
 #   scripts/rootfs.sh DIR [BINARY]      (BINARY default dist/haul, built if stale)
 #
 # The set: the binary as /haul, the shared objects it loads (found with ldd, copied with
-# symlinks resolved, as COPY does) and the CA bundle. tests/container_test.ts checks that
+# symlinks resolved, as COPY does) and the CA bundle. tests/cli/container_test.ts checks that
 # this list equals the Dockerfile's COPY --from=build lines, then runs /haul in a chroot.
 # Prints the files, one per line, as paths inside DIR.
 set -euo pipefail

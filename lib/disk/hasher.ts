@@ -46,7 +46,7 @@ function getWorker(): Worker | undefined {
   if (!worker) {
     try {
       // A string path, resolved against this module: `bun build --compile` embeds
-      // lib/hash_worker.ts when it is an entrypoint (see scripts/compile.sh).
+      // lib/disk/hash_worker.ts when it is an entrypoint (see scripts/compile.sh).
       worker = new Worker(new URL("./hash_worker.ts", import.meta.url).href, { type: "module" });
     } catch {
       workerBroken = true;

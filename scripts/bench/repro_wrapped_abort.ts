@@ -1,7 +1,7 @@
 /**
  * Reproduces a Deno behaviour found by the P6 benchmark (a stalled part that
  * never recovers): when a fetch Response is re-wrapped with
- * `new Response(res.body, …)` (as lib/transport.ts's withFinalUrl does),
+ * `new Response(res.body, …)` (as lib/transport/fetch.ts's withFinalUrl does),
  * aborting the fetch's signal sometimes leaves a pending `reader.read()` on the
  * wrapped body unsettled forever. Cancelling the reader itself always settles it.
  *

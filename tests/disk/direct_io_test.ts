@@ -1,5 +1,5 @@
 /**
- * Direct I/O (`HAUL_DIRECT_IO=1`, lib/direct_io.ts): the aligned buffers, the
+ * Direct I/O (`HAUL_DIRECT_IO=1`, lib/disk/direct_io.ts): the aligned buffers, the
  * write worker's aligned middles and the hash worker's O_DIRECT reads, and a
  * real pull (and a resume after kill -9) with it on.
  *

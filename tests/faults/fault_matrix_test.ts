@@ -1,5 +1,5 @@
 /**
- * The fault matrix: `haul pull` against Debian's docker-registry through tests/fault_proxy.ts,
+ * The fault matrix: `haul pull` against Debian's docker-registry through tests/support/fault_proxy.ts,
  * one fault at a time, at the start, middle and end of a large blob fetched in Range parts and
  * in a small blob fetched whole; once (a transient fault, which must end verified) and every
  * time (a persistent fault, which must end in one clear line with the right exit code within
@@ -945,7 +945,7 @@ Deno.test({
         "",
         `Run ${today()}, seed ${SEED}, ${results.length} cells in ${elapsed.toFixed(0)} s ` +
           `(${POOL} at a time), Deno ${Deno.version.deno}. Each cell runs the CLI once with a hard ` +
-          "time bound against Debian's docker-registry behind `tests/fault_proxy.ts`: " +
+          "time bound against Debian's docker-registry behind `tests/support/fault_proxy.ts`: " +
           `\`haul pull --insecure --quiet --part-size ${PART} --stall-timeout ${PULL_STALL} --retries 2\`, ` +
           `\`haul push --insecure --quiet --chunk-size ${PART} --retries 2\` (from a store filled ` +
           "by an honest pull), `haul copy --insecure --quiet --chunk-size " + PART +

@@ -1,7 +1,7 @@
 /**
  * End-to-end: the CLI pulls from Debian's real docker-registry on loopback.
  * Faults a registry cannot produce on demand (slowness, 200-for-Range, a
- * redirect to another origin) come from tests/fault_proxy.ts in front of it.
+ * redirect to another origin) come from tests/support/fault_proxy.ts in front of it.
  */
 import assert from "node:assert/strict";
 import * as fsp from "node:fs/promises";

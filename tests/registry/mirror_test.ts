@@ -1,5 +1,5 @@
 /**
- * Registry mirrors: configuration (lib/mirror_config.ts), and end to end with Debian's
+ * Registry mirrors: configuration (lib/registry/mirror_config.ts), and end to end with Debian's
  * docker-registry in proxy (pull-through cache) mode in front of another docker-registry:
  *
  *   haul ──▶ front (fault proxy) ──▶ mirror (docker-registry, proxy mode) ──▶ upstream (fault proxy) ──▶ origin

@@ -1,5 +1,5 @@
 /**
- * Image indexes and Docker manifest lists: platform matching (lib/platform.ts), and end to
+ * Image indexes and Docker manifest lists: platform matching (lib/registry/platform.ts), and end to
  * end against docker-registry with an index and a manifest list pushed by hand: --platform
  * selection into the Ollama store and an OCI layout, the none-matches error, and
  * --all-platforms (checked with skopeo and by pushing the layout back out).

@@ -1,6 +1,6 @@
 /**
- * Library tests for lib/store_ops.ts (list, rm, prune, verify) on stores written directly,
- * and for lib/login.ts (config.json and credential helpers) with an injected fetch.
+ * Library tests for lib/store/ops.ts (list, rm, prune, verify) on stores written directly,
+ * and for lib/ops/login.ts (config.json and credential helpers) with an injected fetch.
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
