@@ -30,7 +30,7 @@ export interface ConnectionOptions {
   credential?: Credential | null;
   /** Extra CA certificates (PEM). */
   caCerts?: string[];
-  /** Skip TLS certificate checks (Bun only; see transport.ts). @default false */
+  /** Skip TLS certificate checks (Bun only; see lib/transport/fetch.ts). @default false */
   insecureTls?: boolean;
   /** Retry policy for requests and parts. */
   retry?: Partial<RetryPolicy>;

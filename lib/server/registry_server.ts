@@ -12,7 +12,7 @@
  *   GET        /v2/_catalog                      ?n=&last= pagination, Link header
  *
  * Everything else that would write is 405 UNSUPPORTED: the store is read-only.
- * Names map onto the store as described in `store_catalog.ts`.
+ * Names map onto the store as described in `lib/store/catalog.ts`.
  */
 import { ChunksumsCache } from "../store/chunksums_cache.ts";
 import { DEFAULT_CHUNK_SIZE } from "../registry/chunksums.ts";

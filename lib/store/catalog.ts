@@ -31,7 +31,7 @@ const COMPONENT_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
 const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 const HOSTNAME_RE = /^[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?)*$/;
 const PORT_SUFFIX_RE = /^(.+)_([1-9][0-9]{0,4})$/;
-// store_ollama.ts writes a manifest as `<tag>.<pid>.tmp` before renaming it: not a tag yet.
+// lib/store/ollama.ts writes a manifest as `<tag>.<pid>.tmp` before renaming it: not a tag yet.
 const TEMP_RE = /\.[0-9]+\.tmp$/;
 /** Longest repository name accepted (distribution's limit). */
 export const MAX_NAME_LENGTH = 255;

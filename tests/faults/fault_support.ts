@@ -3,7 +3,7 @@
  * random source, store invariants checked after every fault, and the writer of
  * docs/FAULTS.md, which each suite fills with its own section.
  *
- * Like harness.ts, nothing here imports lib/: the checks are the oracle.
+ * Like tests/support/harness.ts, nothing here imports lib/: the checks are the oracle.
  */
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
