@@ -8,6 +8,7 @@ import {
   DEFAULT_TUNING,
   download,
   type DownloadResult,
+  type SharedTransfer,
   sharedTransfer,
   type TransferTuning,
 } from "../download/download.ts";
@@ -143,6 +144,22 @@ export async function pull(
   refs: string | string[],
   options: PullOptions = {},
 ): Promise<PullResult[]> {
+  const parsed = checkPull(refs, options);
+  const target = await openTarget(parsed, options);
+  const emit = options.onEvent ?? (() => {});
+  const sourcesFor = sourceSets(options, emit);
+  const resolved: Resolved[] = [];
+  for (const ref of parsed) {
+    emit({ type: "manifest", ref: formatReference(ref) });
+    resolved.push(await resolve(ref, sourcesFor(ref), options));
+  }
+  const transferred = await fetchBlobs(planBlobs(resolved), target, options, emit);
+  emit({ type: "verify" });
+  return await writeManifests(resolved, target, transferred, options, emit);
+}
+
+/** Checks the options and parses the references, before any disk or network work. */
+function checkPull(refs: string | string[], options: PullOptions): Reference[] {
   const list = Array.isArray(refs) ? refs : [refs];
   if (!list.length) throw new UsageError("Nothing to pull: give at least one reference");
   if (options.ociLayout !== undefined && options.modelsDir !== undefined) {
@@ -157,19 +174,60 @@ export async function pull(
   if (options.mirrorFillWait !== undefined && !(options.mirrorFillWait >= 0)) {
     throw new RangeError(`mirrorFillWait must be 0 or more seconds, got ${options.mirrorFillWait}`);
   }
-  const parsed = list.map((r) => resolveReference(r, options.insecure));
-  const layout = options.ociLayout !== undefined ? new OciLayout(options.ociLayout) : undefined;
-  const store = layout ? undefined : new OllamaStore(options.modelsDir ?? defaultModelsDir());
+  return list.map((r) => resolveReference(r, options.insecure));
+}
+
+/** Where a pull writes: Ollama's store or an OCI image layout. */
+interface Target {
+  /** Where {@link download} puts blob files. */
+  files: { destDir: string; fileName?: (digest: string) => string };
+  /** True when the blob is already there with its size. */
+  has(b: Descriptor): Promise<boolean>;
+  /** Writes one reference's manifest (after all of its blobs); returns the manifest's path. */
+  write(r: Resolved, signal?: AbortSignal): Promise<string>;
+}
+
+/** Opens (and creates) the store or layout the options name. */
+async function openTarget(refs: Reference[], options: PullOptions): Promise<Target> {
+  if (options.ociLayout !== undefined) {
+    const layout = new OciLayout(options.ociLayout);
+    await layout.init();
+    return {
+      files: { destDir: layout.blobsDir, fileName: ociBlobFileName },
+      has: (b) => layout.hasBlob(b.digest, b.size),
+      write: async (r, signal) => {
+        for (const d of r.docs) await layout.writeBlob(d.digest, d.bytes);
+        const manifestPath = layout.blobPath(r.top.digest);
+        await layout.addManifest(
+          {
+            mediaType: r.top.mediaType,
+            digest: r.top.digest,
+            size: r.top.bytes.byteLength,
+            platform: r.platform,
+          },
+          r.ref.tag,
+          signal,
+        );
+        return manifestPath;
+      },
+    };
+  }
+  const store = new OllamaStore(options.modelsDir ?? defaultModelsDir());
   // Validate store paths before touching the network or the disk.
-  if (store) {
-    for (const ref of parsed) store.manifestPath(ref);
-    await store.ensureDirs();
-  } else await layout!.init();
-  const emit = options.onEvent ?? (() => {});
+  for (const ref of refs) store.manifestPath(ref);
+  await store.ensureDirs();
+  return {
+    files: { destDir: store.blobsDir },
+    has: (b) => store.hasBlob(b.digest, b.size),
+    write: (r) => store.writeManifest(r.ref, r.top.bytes),
+  };
+}
+
+/** One set of sources (mirrors, then the origin) per repository: tokens are per repository. */
+function sourceSets(options: PullOptions, emit: OnProgress): (ref: Reference) => SourceSet {
   const down = new Map<string, string>();
-  // One set of sources (mirrors, then the origin) per repository: tokens are per repository.
   const sets = new Map<string, SourceSet>();
-  const sourcesFor = (ref: Reference) => {
+  return (ref) => {
     const base = `${ref.scheme}://${ref.host}`;
     const key = `${base} ${ref.repository}`;
     let s = sets.get(key);
@@ -184,16 +242,20 @@ export async function pull(
     }
     return s;
   };
+}
 
-  const resolved: Resolved[] = [];
-  for (const ref of parsed) {
-    emit({ type: "manifest", ref: formatReference(ref) });
-    resolved.push(await resolve(ref, sourcesFor(ref), options));
-  }
+/** The blobs to fetch from one repository (through one reference's sources). */
+interface BlobGroup {
+  r: Resolved;
+  blobs: Descriptor[];
+}
 
-  // Blobs per repository (blob URLs are per repository); a blob shared by two
-  // references is fetched once.
-  const groups = new Map<string, { r: Resolved; blobs: Descriptor[] }>();
+/**
+ * Blobs per repository (blob URLs are per repository); a blob shared by two references is
+ * fetched once.
+ */
+function planBlobs(resolved: Resolved[]): BlobGroup[] {
+  const groups = new Map<string, BlobGroup>();
   const claimed = new Set<string>();
   for (const r of resolved) {
     const key = `${r.ref.scheme}://${r.ref.host}/${r.ref.repository}`;
@@ -205,80 +267,84 @@ export async function pull(
     }
     groups.set(key, g);
   }
+  return [...groups.values()];
+}
+
+/**
+ * Downloads every group at once, with one connection pool and one rate limit for every
+ * reference of this pull. Returns the bytes received.
+ */
+async function fetchBlobs(
+  groups: BlobGroup[],
+  target: Target,
+  options: PullOptions,
+  emit: OnProgress,
+): Promise<number> {
   let transferred = 0;
-  // One connection pool and one rate limit for every reference of this pull.
   const shared = sharedTransfer(options);
-  const target = layout
-    ? { destDir: layout.blobsDir, fileName: ociBlobFileName }
-    : { destDir: store!.blobsDir };
-  const present = (b: Descriptor) =>
-    layout ? layout.hasBlob(b.digest, b.size) : store!.hasBlob(b.digest, b.size);
-  const singleStreamMax = options.singleStreamMax ?? DEFAULT_TUNING.singleStreamMax;
   try {
-    await Promise.all([...groups.values()].map(async ({ r, blobs }) => {
-      const from = (source: Source, items: Descriptor[], signal?: AbortSignal) =>
-        download({
-          shared,
-          ...options,
-          ...target,
-          blobs: items,
-          baseUrl: source.base,
-          repository: r.ref.repository,
-          session: source.session,
-          retry: r.sources.retryFor(source),
-          onEvent: emit,
-          signal,
-        });
-      if (!r.sources.mirrors.length) {
-        transferred += (await from(r.sources.origin, blobs, options.signal)).transferred;
-        return;
-      }
-      // With mirrors, each blob on its own: one may come from a mirror, the next from the origin.
-      transferred += await eachBlob(
-        blobs,
-        options.signal,
-        (b, signal) =>
-          r.sources.tryEach(`blob ${b.digest}`, async (source) => {
-            if (source.mirror && b.size > singleStreamMax && !(await present(b))) {
-              emit({
-                type: "blob-start",
-                op: "pull",
-                digest: b.digest,
-                total: b.size,
-                completed: 0,
-              });
-              const wait = options.mirrorFillWait ?? Math.max(30, b.size / 20e6);
-              if (wait > 0) await r.sources.awaitCached(source, b.digest, wait * 1000, signal);
-            }
-            return await from(source, [b], signal);
-          }, signal),
-      );
+    await Promise.all(groups.map(async (g) => {
+      transferred += await fetchGroup(g, shared, target, options, emit);
     }));
   } finally {
     shared.parts.stop();
   }
+  return transferred;
+}
 
+/** Downloads one repository's blobs: from the origin, or blob by blob through the mirrors. */
+async function fetchGroup(
+  { r, blobs }: BlobGroup,
+  shared: SharedTransfer,
+  target: Target,
+  options: PullOptions,
+  emit: OnProgress,
+): Promise<number> {
+  const from = (source: Source, items: Descriptor[], signal?: AbortSignal) =>
+    download({
+      shared,
+      ...options,
+      ...target.files,
+      blobs: items,
+      baseUrl: source.base,
+      repository: r.ref.repository,
+      session: source.session,
+      retry: r.sources.retryFor(source),
+      onEvent: emit,
+      signal,
+    });
+  if (!r.sources.mirrors.length) {
+    return (await from(r.sources.origin, blobs, options.signal)).transferred;
+  }
+  const singleStreamMax = options.singleStreamMax ?? DEFAULT_TUNING.singleStreamMax;
+  // With mirrors, each blob on its own: one may come from a mirror, the next from the origin.
+  return await eachBlob(
+    blobs,
+    options.signal,
+    (b, signal) =>
+      r.sources.tryEach(`blob ${b.digest}`, async (source) => {
+        if (source.mirror && b.size > singleStreamMax && !(await target.has(b))) {
+          emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: 0 });
+          const wait = options.mirrorFillWait ?? Math.max(30, b.size / 20e6);
+          if (wait > 0) await r.sources.awaitCached(source, b.digest, wait * 1000, signal);
+        }
+        return await from(source, [b], signal);
+      }, signal),
+  );
+}
+
+/** Writes each reference's manifest, last, once every blob is in place. */
+async function writeManifests(
+  resolved: Resolved[],
+  target: Target,
+  transferred: number,
+  options: PullOptions,
+  emit: OnProgress,
+): Promise<PullResult[]> {
   const results: PullResult[] = [];
-  emit({ type: "verify" });
   for (const r of resolved) {
     emit({ type: "manifest-write", op: "pull" });
-    let manifestPath: string;
-    if (layout) {
-      for (const d of r.docs) await layout.writeBlob(d.digest, d.bytes);
-      manifestPath = layout.blobPath(r.top.digest);
-      await layout.addManifest(
-        {
-          mediaType: r.top.mediaType,
-          digest: r.top.digest,
-          size: r.top.bytes.byteLength,
-          platform: r.platform,
-        },
-        r.ref.tag,
-        options.signal,
-      );
-    } else {
-      manifestPath = await store!.writeManifest(r.ref, r.top.bytes);
-    }
+    const manifestPath = await target.write(r, options.signal);
     emit({ type: "success", ref: formatReference(r.ref) });
     results.push({
       ref: r.ref,
@@ -336,27 +402,36 @@ async function resolve(
   sources: SourceSet,
   options: PullOptions,
 ): Promise<Resolved> {
-  const signal = options.signal;
-  const got = await sources.manifest(ref.digest ?? ref.tag ?? "latest", signal);
+  const got = await sources.manifest(ref.digest ?? ref.tag ?? "latest", options.signal);
   const doc = parseManifest(got.bytes, got.mediaType);
   const top: Doc = { bytes: got.bytes, digest: got.digest, mediaType: doc.mediaType };
   if (doc.kind === "manifest") return { ref, sources, top, docs: [top], images: [doc] };
   if (options.allPlatforms) {
     const docs: Doc[] = [top];
     const images: ImageManifest[] = [];
-    await collectIndex(doc, sources, docs, images, 1, signal);
+    await collectIndex(doc, sources, docs, images, 1, options.signal);
     return { ref, sources, top, docs, images };
   }
+  return await selectPlatform(ref, doc, sources, options);
+}
+
+/** Picks `options.platform` (default: this machine's) from an index and fetches its manifest. */
+async function selectPlatform(
+  ref: Reference,
+  index: IndexManifest,
+  sources: SourceSet,
+  options: PullOptions,
+): Promise<Resolved> {
   const want = options.platform ?? currentPlatform();
-  const pick = selectManifest(doc, want);
+  const pick = selectManifest(index, want);
   if (!pick) {
     throw new ManifestError(
       `${formatReference(ref)} has no manifest for ${formatPlatform(want)}; available: ${
-        availablePlatforms(doc).join(", ")
+        availablePlatforms(index).join(", ")
       } (choose one with --platform OS/ARCH[/VARIANT])`,
     );
   }
-  const child = await fetchChild(pick, sources, signal);
+  const child = await fetchChild(pick, sources, options.signal);
   if (child.doc.kind !== "manifest") {
     throw new ManifestError(`The ${formatPlatform(want)} entry of an index is another index`);
   }
