@@ -12,8 +12,10 @@ export { DEFAULT_TUNING, download } from "./download/download.ts";
 export type { DownloadOptions, DownloadResult, TransferTuning } from "./download/download.ts";
 export { currentPlatform, pull, resolveReference } from "./ops/pull.ts";
 export type { PullOptions, PullResult } from "./ops/pull.ts";
-export { copy, push } from "./ops/push.ts";
-export type { CopyOptions, PushOptions, PushResult } from "./ops/push.ts";
+export { push } from "./ops/push.ts";
+export type { PushOptions, PushResult } from "./ops/push_common.ts";
+export { copy } from "./ops/copy.ts";
+export type { CopyOptions } from "./ops/copy.ts";
 export { DEFAULT_UPLOAD_TUNING, putManifest, upload } from "./upload/upload.ts";
 export type {
   BlobReader,

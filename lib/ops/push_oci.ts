@@ -3,7 +3,7 @@
  * index.json named by REF's tag (or digest), its blobs first through {@link upload} (read
  * from `blobs/sha256/<hex>`), then the manifest bytes unchanged, so the destination serves
  * the same digest. An index goes up after every manifest it lists, each by digest.
- * Reached through `push(ref, dest, { ociLayout })` (lib/push.ts).
+ * Reached through `push(ref, dest, { ociLayout })` (lib/ops/push.ts).
  */
 import type { Blob } from "../registry/manifest.ts";
 import { IntegrityError, ManifestError, UsageError } from "../errors.ts";
@@ -14,7 +14,7 @@ import {
   type IndexManifest,
   parseManifest,
 } from "../registry/manifest.ts";
-import type { PushOptions, PushResult } from "./push.ts";
+import type { PushOptions, PushResult } from "./push_common.ts";
 import { formatReference, type Reference } from "../registry/reference.ts";
 import { createSession } from "../registry/session.ts";
 import { OciLayout } from "../store/oci_layout.ts";
