@@ -2,7 +2,7 @@
 import * as fsp from "node:fs/promises";
 import { Buffer } from "node:buffer";
 import { PIECE } from "./bytes.ts";
-import { Fixture } from "./fixtures.ts";
+import { type Fixture } from "./fixtures.ts";
 
 export interface PushOptions {
   /** Inject a fetch (e.g. one trusting a test CA for TLS registries). */

@@ -7,7 +7,7 @@ import * as http from "node:http";
 import * as https from "node:https";
 import * as path from "node:path";
 import { makeCert, makeTlsCert } from "./certs.ts";
-import { startTokenServer, TokenServer } from "./token_server.ts";
+import { startTokenServer, type TokenServer } from "./token_server.ts";
 import { freePort, run, sleep, tail, terminate, tmpDir } from "./util.ts";
 
 export interface Registry {
