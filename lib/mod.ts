@@ -81,28 +81,16 @@ export {
   parseChunksums,
 } from "./registry/chunksums.ts";
 export type { Chunksum, FetchChunksumsOptions, FetchedChunksums } from "./registry/chunksums.ts";
-export {
-  DEFAULT_MIN_AGE,
-  formatAge,
-  hashFile,
-  listModels,
-  prune,
-  removeModels,
-  verify,
-} from "./store/ops.ts";
-export type {
-  BlobProblem,
-  ListOptions,
-  PrunedFile,
-  PruneOptions,
-  PruneResult,
-  RemoveOptions,
-  RemoveResult,
-  StoredModel,
-  VerifyOptions,
-  VerifyProgress,
-  VerifyResult,
-} from "./store/ops.ts";
+export { DEFAULT_MIN_AGE } from "./store/scan.ts";
+export type { StoredModel } from "./store/scan.ts";
+export { formatAge, listModels } from "./store/list.ts";
+export type { ListOptions } from "./store/list.ts";
+export { removeModels } from "./store/remove.ts";
+export type { RemoveOptions, RemoveResult } from "./store/remove.ts";
+export { prune } from "./store/prune.ts";
+export type { PrunedFile, PruneOptions, PruneResult } from "./store/prune.ts";
+export { hashFile, verify } from "./store/verify.ts";
+export type { BlobProblem, VerifyOptions, VerifyProgress, VerifyResult } from "./store/verify.ts";
 export { checkLogin, login, logout, parseRegistry } from "./ops/login.ts";
 export type { LoginOptions, LoginResult, LogoutResult } from "./ops/login.ts";
 export { COMMIT, VERSION } from "./version.ts";

@@ -57,8 +57,8 @@ export interface PullOptions extends ConnectionOptions, TransferTuning {
   allPlatforms?: boolean;
   /**
    * Mirrors per registry host (`host[:port]`, or `*` for every host), each
-   * `scheme://host[:port]`, tried in order before the origin (see lib/mirror.ts). Store
-   * paths and index.json names always use the origin's name. @default no mirrors
+   * `scheme://host[:port]`, tried in order before the origin (see lib/registry/mirror.ts).
+   * Store paths and index.json names always use the origin's name. @default no mirrors
    */
   mirrors?: MirrorMap;
   /**
