@@ -1,0 +1,68 @@
+/**
+ * One blob's push, step by step: check (HEAD), resume a saved session or try the
+ * mount / open a session (POST), send the bytes (one PUT, or PATCH chunks and commit).
+ */
+import type { Blob } from "../registry/manifest.ts";
+import { checkBlob } from "./check.ts";
+import { sendChunked } from "./chunked.ts";
+import type { UploadContext } from "./context.ts";
+import { mountBlob, type MountResult } from "./mount.ts";
+import { sendWhole } from "./send.ts";
+import { openSession, resumeSession, type SessionPlace } from "./session.ts";
+import { uploadStatePath } from "./state.ts";
+
+/** Puts `b` in place in the destination repository, counting what it took in `ctx.result`. */
+export async function uploadBlob(ctx: UploadContext, b: Blob): Promise<void> {
+  if (await checkBlob(ctx, b)) {
+    ctx.result.skipped++;
+    ctx.progress.present(b, false);
+    return;
+  }
+  const large = b.size > ctx.tuning.chunkSize;
+  // Looked up for every blob: an earlier run may have used a smaller chunk size.
+  const statePath = ctx.stateDir
+    ? uploadStatePath(ctx.stateDir, b.digest, ctx.baseUrl, ctx.repository)
+    : undefined;
+  const resumed = statePath ? await resumeSession(ctx, b, statePath) : undefined;
+  let at: SessionPlace;
+  if (resumed) {
+    at = resumed;
+    ctx.result.resumed++;
+  } else {
+    const started = await mountOrOpen(ctx, b);
+    if (started.mounted) {
+      ctx.result.mounted++;
+      ctx.progress.present(b, true);
+      return;
+    }
+    at = { location: started.location, offset: 0 };
+  }
+  ctx.emit({
+    type: "blob-start",
+    op: "push",
+    digest: b.digest,
+    total: b.size,
+    completed: at.offset,
+  });
+  ctx.progress.credit(b, at.offset);
+
+  const reader = await ctx.openBlob(b, ctx.signal);
+  try {
+    if (!large && !resumed) {
+      await sendWhole(ctx, b, at.location, reader);
+    } else {
+      await sendChunked(ctx, b, reader, { ...at, resumed: resumed !== undefined, statePath });
+    }
+  } finally {
+    await reader.close();
+  }
+  ctx.result.uploaded++;
+  ctx.progress.credit(b, b.size);
+  ctx.emit({ type: "blob-done", op: "push", digest: b.digest, total: b.size, skipped: false });
+}
+
+/** A blob that names another repository is mounted from it; any other gets a new session. */
+async function mountOrOpen(ctx: UploadContext, b: Blob): Promise<MountResult> {
+  if (b.from && b.from !== ctx.repository) return await mountBlob(ctx, b, b.from);
+  return { mounted: false, location: await openSession(ctx, b) };
+}
