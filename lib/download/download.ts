@@ -8,13 +8,18 @@ import { checkDigest, digestToFileName, sha256Digest } from "../digest.ts";
 import { HaulError, InterruptedError, storeError } from "../errors.ts";
 import { MAX_BLOB_SIZE } from "../registry/manifest.ts";
 import { type Chunksum, fetchChunksums } from "../registry/chunksums.ts";
-import { acquireBlockWriter } from "../disk/block_writer.ts";
+import { acquireBlockWriter, type BlockWriter } from "../disk/block_writer.ts";
 import { syncDir } from "../disk/fsio.ts";
 import { BufferPool, Semaphore } from "../transport/pool.ts";
 import { RateLimiter } from "../transport/rate_limit.ts";
 import { PartRamp, rampStart } from "./ramp.ts";
 import type { OnProgress } from "../progress_events.ts";
-import { downloadBlob, type RangeTuning, SpeedTracker } from "./range_download.ts";
+import {
+  type BlobContext,
+  downloadBlob,
+  type RangeTuning,
+  SpeedTracker,
+} from "./range_download.ts";
 import { DEFAULT_RETRY } from "../transport/retry.ts";
 import { type ConnectionOptions, createSession, type Session } from "../registry/session.ts";
 import { mkdir, readdir, readFile, rm, stat } from "node:fs/promises";
@@ -150,12 +155,7 @@ function tuningFrom(o: TransferTuning & ConnectionOptions): RangeTuning & { conc
 /** Downloads `blobs` into `destDir`; resolves when every blob is verified in place. */
 export async function download(options: DownloadOptions): Promise<DownloadResult> {
   const tuning = tuningFrom(options);
-  for (const b of options.blobs) {
-    checkDigest(b.digest, "blob digest");
-    if (!Number.isSafeInteger(b.size) || b.size < 0 || b.size > MAX_BLOB_SIZE) {
-      throw new RangeError(`Blob ${b.digest} has an invalid size ${b.size}`);
-    }
-  }
+  checkBlobs(options.blobs);
   const session = options.session ??
     createSession(options.baseUrl, [`repository:${options.repository}:pull`], options);
   await mkdir(options.destDir, { recursive: true }).catch((e) => {
@@ -164,122 +164,188 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
   await removeDeadTempFiles(options.destDir);
   const seen = new Set<string>();
   const blobs = options.blobs.filter((b) => !seen.has(b.digest) && seen.add(b.digest));
-  const total = blobs.reduce((a, b) => a + b.size, 0);
-  let completed = 0;
-  const result: DownloadResult = { transferred: 0, skipped: 0, fetched: 0 };
-  const report = () => options.onProgress?.(completed, total);
-  const shared = options.shared ?? sharedTransfer(options);
-  const { slots, parts, buffers } = shared;
-  const writer = acquireBlockWriter({ worker: tuning.hashWorker });
-  const limiter = shared.limiter;
-  const speeds = new SpeedTracker();
-  const abort = new AbortController();
-  const onOuter = () => abort.abort(new InterruptedError());
+  const run = startDownload(options, tuning, session, blobs);
+  const onOuter = () => run.abort.abort(new InterruptedError());
   options.signal?.addEventListener("abort", onOuter, { once: true });
   if (options.signal?.aborted) onOuter();
-  const emit = options.onEvent ?? (() => {});
-
-  const one = async (b: Blob) => {
-    const name = (options.fileName ?? digestToFileName)(b.digest);
-    if (!name || name === "." || name === ".." || /[\\/\0]/.test(name)) {
-      throw new RangeError(
-        `fileName gave ${JSON.stringify(name)} for ${b.digest}: not a file name`,
-      );
-    }
-    const path = join(options.destDir, name);
-    // Present with the right size: trusted, as Ollama does (haul renames a blob into
-    // place only after verifying it; `haul verify` re-hashes). Small blobs (configs,
-    // templates) are cheap to re-hash, so those are checked on every pull.
-    let present = await stat(path).then((s) => s.isFile() && s.size === b.size, () => false);
-    if (present && b.size <= tuning.singleStreamMax) {
-      present = await readFile(path).then((d) => sha256Digest(d) === b.digest, () => false);
-    }
-    if (present) {
-      completed += b.size;
-      result.skipped++;
-      emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: b.size });
-      emit({ type: "blob-done", op: "pull", digest: b.digest, total: b.size, skipped: true });
-      report();
-      return;
-    }
-    let blobDone = 0;
-    emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: 0 });
-    let url = session.client.blobUrl(options.repository, b.digest);
-    let chunks: Chunksum[] | undefined;
-    if (b.size > tuning.singleStreamMax) {
-      // A registry offering chunksums (Ollama's, `haul serve`) lets every part be
-      // verified as it lands; anything else falls back to plain Range parts.
-      const offered = options.chunksums === false ? undefined : await fetchChunksums(
-        session.client,
-        { repository: options.repository, digest: b.digest, size: b.size },
-        { signal: abort.signal },
-      ).catch((err) => {
-        if (abort.signal.aborted) throw err;
-        return undefined;
-      });
-      if (offered) {
-        url = offered.url;
-        chunks = offered.chunks;
-      } else {
-        // Resolve once: parts then go straight to the final (CDN) URL.
-        const signal = abort.signal;
-        url = (await session.client.resolveBlob(options.repository, b.digest, { signal })).url;
-      }
-    }
-    const n = await downloadBlob(
-      { digest: b.digest, size: b.size, url, path, partialPath: path + "-partial", chunks },
-      {
-        fetch: session.fetch,
-        writer,
-        limiter,
-        tuning,
-        slots,
-        parts,
-        buffers,
-        speeds,
-        signal: abort.signal,
-        onBytes: (d) => {
-          blobDone += d;
-          completed += d;
-          emit({
-            type: "blob-progress",
-            op: "pull",
-            digest: b.digest,
-            total: b.size,
-            completed: blobDone,
-          });
-          report();
-        },
-        onRetry: (info) => emit({ type: "retry", digest: b.digest, ...info }),
-      },
-    );
-    result.transferred += n;
-    result.fetched++;
-    emit({ type: "blob-done", op: "pull", digest: b.digest, total: b.size, skipped: false });
-  };
 
   let firstError: unknown;
   try {
     await Promise.all(blobs.map((b) =>
-      one(b).catch((err) => {
+      downloadOne(run, b).catch((err) => {
         if (firstError === undefined) {
           firstError = err;
-          abort.abort(err);
+          run.abort.abort(err);
         }
       })
     ));
     // Small blobs were renamed without a directory fsync each: one for all of them.
-    if (result.fetched) await syncDir(options.destDir);
+    if (run.result.fetched) await syncDir(options.destDir);
   } finally {
-    if (!options.shared) parts.stop();
-    writer.release();
+    if (!options.shared) run.shared.parts.stop();
+    run.writer.release();
     options.signal?.removeEventListener("abort", onOuter);
   }
   if (firstError !== undefined) {
     if (options.signal?.aborted && !(firstError instanceof HaulError)) throw new InterruptedError();
     throw firstError;
   }
-  return result;
+  return run.result;
+}
+
+/** Every digest well-formed and every size within bounds, before anything is fetched. */
+function checkBlobs(blobs: Blob[]): void {
+  for (const b of blobs) {
+    checkDigest(b.digest, "blob digest");
+    if (!Number.isSafeInteger(b.size) || b.size < 0 || b.size > MAX_BLOB_SIZE) {
+      throw new RangeError(`Blob ${b.digest} has an invalid size ${b.size}`);
+    }
+  }
+}
+
+/** What the blobs of one download() share. */
+interface DownloadRun {
+  options: DownloadOptions;
+  tuning: RangeTuning;
+  session: Session;
+  shared: SharedTransfer;
+  writer: BlockWriter & { release(): void };
+  speeds: SpeedTracker;
+  /** Aborted by the caller's signal or the first blob that fails. */
+  abort: AbortController;
+  emit: OnProgress;
+  result: DownloadResult;
+  /** Bytes present or transferred, of `total`. */
+  completed: number;
+  total: number;
+}
+
+function startDownload(
+  options: DownloadOptions,
+  tuning: RangeTuning,
+  session: Session,
+  blobs: Blob[],
+): DownloadRun {
+  const shared = options.shared ?? sharedTransfer(options);
+  return {
+    options,
+    tuning,
+    session,
+    shared,
+    writer: acquireBlockWriter({ worker: tuning.hashWorker }),
+    speeds: new SpeedTracker(),
+    abort: new AbortController(),
+    emit: options.onEvent ?? (() => {}),
+    result: { transferred: 0, skipped: 0, fetched: 0 },
+    completed: 0,
+    total: blobs.reduce((a, b) => a + b.size, 0),
+  };
+}
+
+function reportProgress(run: DownloadRun): void {
+  run.options.onProgress?.(run.completed, run.total);
+}
+
+/** One blob: skipped when present, else located and downloaded. */
+async function downloadOne(run: DownloadRun, b: Blob): Promise<void> {
+  const { emit } = run;
+  const path = blobPath(run.options, b.digest);
+  if (await isPresent(path, b, run.tuning)) {
+    run.completed += b.size;
+    run.result.skipped++;
+    emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: b.size });
+    emit({ type: "blob-done", op: "pull", digest: b.digest, total: b.size, skipped: true });
+    reportProgress(run);
+    return;
+  }
+  emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: 0 });
+  const { url, chunks } = await locateBlob(run, b);
+  const n = await downloadBlob(
+    { digest: b.digest, size: b.size, url, path, partialPath: path + "-partial", chunks },
+    blobContext(run, b),
+  );
+  run.result.transferred += n;
+  run.result.fetched++;
+  emit({ type: "blob-done", op: "pull", digest: b.digest, total: b.size, skipped: false });
+}
+
+/** The blob's path in `destDir`, from `fileName` (checked to be a plain file name). */
+function blobPath(options: DownloadOptions, digest: string): string {
+  const name = (options.fileName ?? digestToFileName)(digest);
+  if (!name || name === "." || name === ".." || /[\\/\0]/.test(name)) {
+    throw new RangeError(
+      `fileName gave ${JSON.stringify(name)} for ${digest}: not a file name`,
+    );
+  }
+  return join(options.destDir, name);
+}
+
+/**
+ * Present with the right size: trusted, as Ollama does (haul renames a blob into
+ * place only after verifying it; `haul verify` re-hashes). Small blobs (configs,
+ * templates) are cheap to re-hash, so those are checked on every pull.
+ */
+async function isPresent(path: string, b: Blob, tuning: RangeTuning): Promise<boolean> {
+  const present = await stat(path).then((s) => s.isFile() && s.size === b.size, () => false);
+  if (present && b.size <= tuning.singleStreamMax) {
+    return await readFile(path).then((d) => sha256Digest(d) === b.digest, () => false);
+  }
+  return present;
+}
+
+/** Where to GET the blob from, and its chunksums when the registry offers them. */
+async function locateBlob(
+  run: DownloadRun,
+  b: Blob,
+): Promise<{ url: string; chunks: Chunksum[] | undefined }> {
+  const { options, session, abort } = run;
+  const url = session.client.blobUrl(options.repository, b.digest);
+  if (b.size <= run.tuning.singleStreamMax) return { url, chunks: undefined };
+  // A registry offering chunksums (Ollama's, `haul serve`) lets every part be
+  // verified as it lands; anything else falls back to plain Range parts.
+  const offered = options.chunksums === false ? undefined : await fetchChunksums(
+    session.client,
+    { repository: options.repository, digest: b.digest, size: b.size },
+    { signal: abort.signal },
+  ).catch((err) => {
+    if (abort.signal.aborted) throw err;
+    return undefined;
+  });
+  if (offered) return { url: offered.url, chunks: offered.chunks };
+  // Resolve once: parts then go straight to the final (CDN) URL.
+  const signal = abort.signal;
+  const resolved = await session.client.resolveBlob(options.repository, b.digest, { signal });
+  return { url: resolved.url, chunks: undefined };
+}
+
+/** The shared machinery for one blob, with its progress reported as events. */
+function blobContext(run: DownloadRun, b: Blob): BlobContext {
+  const { shared, emit } = run;
+  let blobDone = 0;
+  return {
+    fetch: run.session.fetch,
+    writer: run.writer,
+    limiter: shared.limiter,
+    tuning: run.tuning,
+    slots: shared.slots,
+    parts: shared.parts,
+    buffers: shared.buffers,
+    speeds: run.speeds,
+    signal: run.abort.signal,
+    onBytes: (d) => {
+      blobDone += d;
+      run.completed += d;
+      emit({
+        type: "blob-progress",
+        op: "pull",
+        digest: b.digest,
+        total: b.size,
+        completed: blobDone,
+      });
+      reportProgress(run);
+    },
+    onRetry: (info) => emit({ type: "retry", digest: b.digest, ...info }),
+  };
 }
 
 /**
