@@ -26,7 +26,11 @@ import {
   startRegistry,
   tmpDir,
 } from "../tests/support/harness.ts";
-import { type FaultProxy, type ProxiedRequest, startFaultProxy } from "../tests/support/fault_proxy.ts";
+import {
+  type FaultProxy,
+  type ProxiedRequest,
+  startFaultProxy,
+} from "../tests/support/fault_proxy.ts";
 import {
   checkTime,
   coldExceptSource,

@@ -25,7 +25,13 @@ import * as path from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { parseSize } from "../cli/common.ts";
-import { sha256File, sha256hex, spawnCli, startRegistry, tmpDir } from "../tests/support/harness.ts";
+import {
+  sha256File,
+  sha256hex,
+  spawnCli,
+  startRegistry,
+  tmpDir,
+} from "../tests/support/harness.ts";
 
 const { values } = parseArgs({
   args: process.argv.slice(2),

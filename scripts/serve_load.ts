@@ -14,7 +14,12 @@ import { rm } from "node:fs/promises";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { makeOllamaModel, tmpDir } from "../tests/support/harness.ts";
-import { loadBlob, type LoadResult, startServe, storeFixture } from "../tests/server/serve_fixtures.ts";
+import {
+  loadBlob,
+  type LoadResult,
+  startServe,
+  storeFixture,
+} from "../tests/server/serve_fixtures.ts";
 
 /** curl's download speed in MB/s (the server's rate without a hashing client), if curl is here. */
 function curlSpeed(url: string): Promise<number | undefined> {

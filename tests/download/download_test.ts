@@ -4,7 +4,13 @@ import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import process from "node:process";
 import { download, IntegrityError, InterruptedError, pull } from "../../lib/mod.ts";
-import { makeOllamaModel, pushFixture, sha256File, startRegistry, tmpDir } from "../support/harness.ts";
+import {
+  makeOllamaModel,
+  pushFixture,
+  sha256File,
+  startRegistry,
+  tmpDir,
+} from "../support/harness.ts";
 import { startFaultProxy } from "../support/fault_proxy.ts";
 
 const MiB = 1024 * 1024;

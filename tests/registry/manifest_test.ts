@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { manifestBlobs, MAX_MANIFEST_BYTES, MediaType, parseManifest } from "../../lib/registry/manifest.ts";
+import {
+  manifestBlobs,
+  MAX_MANIFEST_BYTES,
+  MediaType,
+  parseManifest,
+} from "../../lib/registry/manifest.ts";
 import { checkDigest, digestToFileName, shortDigest } from "../../lib/digest.ts";
 import { ManifestError } from "../../lib/errors.ts";
 

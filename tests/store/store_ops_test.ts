@@ -19,7 +19,13 @@ import {
 } from "../../lib/store/ops.ts";
 import { login, logout, parseRegistry } from "../../lib/ops/login.ts";
 import { loadCredential } from "../../lib/auth/credentials.ts";
-import { type Fixture, type FixtureBlob, makeOllamaModel, MEDIA, tmpDir } from "../support/harness.ts";
+import {
+  type Fixture,
+  type FixtureBlob,
+  makeOllamaModel,
+  MEDIA,
+  tmpDir,
+} from "../support/harness.ts";
 
 const MiB = 1024 * 1024;
 const HOUR = 3600_000;

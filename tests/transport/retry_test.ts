@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { backoffDelay, DEFAULT_RETRY, isRetryableStatus, parseRetryAfter } from "../../lib/transport/retry.ts";
+import {
+  backoffDelay,
+  DEFAULT_RETRY,
+  isRetryableStatus,
+  parseRetryAfter,
+} from "../../lib/transport/retry.ts";
 import { withRetry } from "../../lib/transport/fetch.ts";
 import { NetworkError } from "../../lib/errors.ts";
 

@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { Authenticator, withAuth } from "../../lib/auth/authenticator.ts";
-import { type Fetch, finalUrl, withHeaderTimeout, withRedirects } from "../../lib/transport/fetch.ts";
+import {
+  type Fetch,
+  finalUrl,
+  withHeaderTimeout,
+  withRedirects,
+} from "../../lib/transport/fetch.ts";
 import { NetworkError } from "../../lib/errors.ts";
 
 interface Seen {
