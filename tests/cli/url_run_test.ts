@@ -21,7 +21,7 @@ import {
 
 const MiB = 1024 * 1024;
 
-/** Serves main.ts, cli/*.ts and lib/*.ts as TypeScript; records every request. */
+/** Serves main.ts and the .ts files under cli/ and lib/ as TypeScript; records every request. */
 async function serveSources(): Promise<{
   url: string;
   requests: { path: string; status: number }[];
@@ -31,7 +31,7 @@ async function serveSources(): Promise<{
   const server = http.createServer(async (req, res) => {
     const p = new URL(req.url ?? "/", "http://x").pathname;
     let status = 404;
-    if (req.method === "GET" && /^\/(main\.ts|(cli|lib)\/[a-z0-9_]+\.ts)$/.test(p)) {
+    if (req.method === "GET" && /^\/(main\.ts|(cli|lib)\/([a-z0-9_]+\/)*[a-z0-9_]+\.ts)$/.test(p)) {
       try {
         const body = await fsp.readFile(path.join(REPO_ROOT, p));
         status = 200;
