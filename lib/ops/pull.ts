@@ -284,7 +284,10 @@ async function fetchBlobs(
   const shared = sharedTransfer(options);
   try {
     await Promise.all(groups.map(async (g) => {
-      transferred += await fetchGroup(g, shared, target, options, emit);
+      // Await first: `transferred += await …` would read the total before the wait and lose
+      // the bytes of groups that finish meanwhile.
+      const n = await fetchGroup(g, shared, target, options, emit);
+      transferred += n;
     }));
   } finally {
     shared.parts.stop();

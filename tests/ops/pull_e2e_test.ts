@@ -20,6 +20,7 @@ import {
   tmpDir,
 } from "../support/harness.ts";
 import { startFaultProxy } from "../support/fault_proxy.ts";
+import { pull } from "../../lib/mod.ts";
 
 const MiB = 1024 * 1024;
 
@@ -600,6 +601,29 @@ Deno.test("haul pull recovers stalled parts served through a redirect (a re-wrap
     });
   } finally {
     await model.cleanup?.();
+    await fsp.rm(models, { recursive: true, force: true });
+  }
+});
+
+Deno.test("pull() of two repositories at once counts the bytes of both", async () => {
+  const a = makeOllamaModel({ layerSizes: [300, 20 * MiB + 1], seed: 71 });
+  const b = makeOllamaModel({ layerSizes: [700, 10 * MiB + 3], seed: 72 });
+  const models = await tmpDir("haul-models");
+  try {
+    await withRegistry({}, async (reg) => {
+      await pushFixture(reg, "library/a", "latest", a);
+      await pushFixture(reg, "library/b", "latest", b);
+      const results = await pull([`${reg.host}/library/a`, `${reg.host}/library/b`], {
+        insecure: true,
+        modelsDir: models,
+      });
+      const sum = (f: typeof a) => f.blobs.reduce((n, x) => n + x.size, 0);
+      // Both groups download concurrently; neither total may overwrite the other.
+      for (const r of results) assert.equal(r.transferred, sum(a) + sum(b));
+    });
+  } finally {
+    await a.cleanup?.();
+    await b.cleanup?.();
     await fsp.rm(models, { recursive: true, force: true });
   }
 });
