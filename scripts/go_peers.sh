@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds the pinned Go peers the tests run against (stock Ollama, ...) with `go install`
+# into a cached folder, once; prints that folder's bin/ on stdout. Fails, never skips,
+# when a peer cannot be built: a test that needs it must not pass without it.
+#
+#   scripts/go_peers.sh            build what is missing, print the bin folder
+#   HAUL_PEERS_DIR=DIR             the cache (default ~/.cache/haul/peers)
+set -euo pipefail
+dir=${HAUL_PEERS_DIR:-$HOME/.cache/haul/peers}
+mkdir -p "$dir/bin"
+# name  module@version (pinned)  [extra go install flags]
+peers=(
+  # go install does not stamp Ollama's version (it would report 0.0.0): set it as its Makefile does.
+  "ollama github.com/ollama/ollama@v0.32.15 -ldflags=-X=github.com/ollama/ollama/version.Version=0.32.15"
+)
+command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || {
+  echo "go_peers.sh: Go is not installed (apt-get install golang-go, or /usr/local/go)" >&2
+  exit 1
+}
+PATH="$PATH:/usr/local/go/bin"
+exec 9>"$dir/.lock"
+flock 9
+for p in "${peers[@]}"; do
+  read -r name mod flags <<<"$p"
+  stamp="$dir/bin/.$name.version"
+  if [ -x "$dir/bin/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$mod $flags" ]; then continue; fi
+  echo "go_peers.sh: building $mod (once; cached in $dir)" >&2
+  start=$(date +%s)
+  if ! GOBIN="$dir/bin" CGO_ENABLED=1 go install $flags "$mod" >&2; then
+    echo "go_peers.sh: go install $mod failed" >&2
+    exit 1
+  fi
+  echo "$mod $flags" >"$stamp"
+  echo "go_peers.sh: built $name in $(($(date +%s) - start)) s" >&2
+done
+echo "$dir/bin"
