@@ -88,6 +88,8 @@ export function renderTty(state: ProgressState, options: RenderTtyOptions): stri
 }
 
 const ESC = "\x1b[";
+/** Columns the terminal's echo of Ctrl-C ("^C") takes. */
+const ECHO_COLS = 2;
 const HIDE_CURSOR = `${ESC}?25l`;
 const SHOW_CURSOR = `${ESC}?25h`;
 const CLEAR_LINE = `${ESC}2K`;
@@ -151,7 +153,10 @@ export class TtyRenderer implements Renderer {
   #draw(now: number, final: boolean): void {
     const width = readSize(this.#width, 80);
     const height = Math.floor(readSize(this.#height, Infinity));
-    let lines = renderTty(this.#state, { width, now });
+    // Two columns stay free after the last line, where the cursor rests: a Ctrl-C makes the
+    // terminal echo "^C" there, and a line that then wraps would push the cursor one row down,
+    // so the final frame would be drawn a row too low under a copy of its first line.
+    let lines = renderTty(this.#state, { width: Math.max(1, width - ECHO_COLS), now });
     if (lines.length > height) lines = lines.slice(lines.length - height);
     if (lines.length === 0) return;
     let s = SYNC_BEGIN;

@@ -193,7 +193,8 @@ Deno.test("ProgressState.apply() keeps rows in order and counts retries", () => 
 Deno.test("TtyRenderer redraws the block in place and throttles", () => {
   const clock = fakeClock();
   const { out, write } = collect();
-  const r = new TtyRenderer({ write, now: clock.now, width: 40, intervalMs: 100 });
+  // 42 columns: 40 for the lines, 2 kept free for the terminal's "^C" echo.
+  const r = new TtyRenderer({ write, now: clock.now, width: 42, intervalMs: 100 });
   r.handle({ type: "manifest", ref: "m" });
   assert.deepEqual(out, ["\x1b[?2026h\x1b[?25l\x1b[2Kpulling manifest\x1b[?2026l"]);
 
@@ -228,6 +229,27 @@ Deno.test("TtyRenderer redraws the block in place and throttles", () => {
   r.handle({ type: "success", ref: "m" });
   r.close();
   assert.equal(out.length, 6, "nothing after close");
+});
+
+Deno.test("TtyRenderer leaves room after the last line for the ^C a terminal echoes", () => {
+  // The cursor rests at the end of the frame's last line; a Ctrl-C echoes "^C" there. A line
+  // that then wraps moves the cursor a row down and the final frame lands a row too low,
+  // leaving a second "pulling manifest" above it (seen at 80 columns).
+  const clock = fakeClock();
+  const { out, write } = collect();
+  const r = new TtyRenderer({ write, now: clock.now, width: 80, intervalMs: 0 });
+  r.handle({ type: "manifest", ref: "m" });
+  r.handle({ type: "blob-start", op: "pull", digest: A, total: 200e6, completed: 0 });
+  for (let t = 200; t <= 4600; t += 200) {
+    clock.set(t);
+    r.handle(progress(A, 200e6, t * 23e3)); // 23 MB/s: size, speed and ETA columns all shown
+  }
+  const frame = out.at(-1)!.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "");
+  const lines = frame.split(/\r|\n/).filter((l) => l.length > 0);
+  assert.ok(lines.some((l) => /\/200 MB +23 MB\/s +4s$/.test(l)), frame);
+  for (const line of lines) {
+    assert.ok(Array.from(line).length + 2 <= 79, `"${line}" leaves no room`);
+  }
 });
 
 Deno.test("TtyRenderer writes nothing when no event came", () => {
