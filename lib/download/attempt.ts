@@ -117,7 +117,9 @@ export async function runAttempt(
     await receiveBody(a, body, onBytes);
     await flushBuffer(a);
     if (a.written < a.limit) {
-      throw new NetworkError(
+      // A stall or slow-part cut cancels the reader, and a cancelled read may end the body
+      // as if the server had closed it: the cut is the reason then.
+      throw a.cut ?? new NetworkError(
         `Connection closed after ${a.written - a.base} of ${
           a.limit - a.base
         } bytes of ${job.digest}`,
