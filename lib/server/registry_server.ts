@@ -227,6 +227,10 @@ async function blob(req: Request, digest: string, ctx: Ctx): Promise<Response> {
   headers.set("content-length", String(end - start));
   if (range) headers.set("content-range", `bytes ${start}-${end - 1}/${size}`);
   const status = range ? 206 : 200;
+  // Stock Ollama GETs a blob once for its "direct URL" and accepts only a 307 or a 200 that
+  // names one in `Location` (server/download.go, blobDownload.run: resp.Location()), then
+  // fetches Range parts from it; a registry serving the bytes itself names itself.
+  if (status === 200) headers.set("location", new URL(req.url).href);
   if (req.method === "HEAD") {
     await file.close();
     return new Response(null, { status, headers });

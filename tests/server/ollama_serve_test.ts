@@ -1,0 +1,81 @@
+/**
+ * Stock Ollama (the pinned v0.32.15 build, tests/support/ollama.ts) pulls from `haul serve`:
+ * a LAN share that `ollama pull --insecure` can use as it is. Ollama asks for a blob's direct
+ * URL first and accepts only a 307 or a 200 with `Location` (server/download.go,
+ * blobDownload.run), then fetches Range parts from it.
+ */
+import assert from "node:assert/strict";
+import * as fsp from "node:fs/promises";
+import * as path from "node:path";
+import { makeOllamaModel, MiB, sha256File, sleep, tmpDir } from "../support/harness.ts";
+import type { Fixture } from "../support/fixtures.ts";
+import { type OllamaServer, ollamaTags, runOllama, startOllama } from "../support/ollama.ts";
+import { startServe, storeFixture } from "./serve_fixtures.ts";
+
+/** Asserts that `server`'s store holds `fx` under `host/repository:tag` exactly as served. */
+async function assertPulled(server: OllamaServer, name: string, fx: Fixture): Promise<void> {
+  const [host, ...rest] = name.split("/");
+  const [repo, tag] = rest.join("/").split(":");
+  const manifest = await fsp.readFile(path.join(server.models, "manifests", host, repo, tag));
+  assert.deepEqual(new Uint8Array(manifest), fx.manifest, "manifest bytes as served");
+  for (const b of fx.blobs) {
+    const file = path.join(server.models, "blobs", b.digest.replace(":", "-"));
+    assert.equal((await fsp.stat(file)).size, b.size, `${b.digest} size`);
+    assert.equal(`sha256:${await sha256File(file)}`, b.digest, `${b.digest} content`);
+  }
+  const leftovers = (await fsp.readdir(path.join(server.models, "blobs")))
+    .filter((f) => f.includes("partial"));
+  assert.deepEqual(leftovers, [], "no partial files after the pull");
+  // The daemon's model list is cached and refreshed in the background (server/model_list_cache.go).
+  let tags = await ollamaTags(server);
+  for (let i = 0; i < 100 && !tags.some((t) => t.name === name); i++) {
+    await sleep(100);
+    tags = await ollamaTags(server);
+  }
+  assert.ok(tags.some((t) => t.name === name), `ollama lists ${name}: ${JSON.stringify(tags)}`);
+}
+
+Deno.test("stock ollama pull from haul serve: multi-part blob and small layers, byte for byte", async () => {
+  const store = await tmpDir("haul-serve-ollama");
+  // 150 MB: Ollama splits it into 100 MB parts (minDownloadPartSize), so its Range path runs.
+  // Layers are model, template, license: the template's bytes must parse for `ollama list`.
+  const fx = makeOllamaModel({ layerSizes: [150 * 1_000_000 + 7, 300, 1200], seed: 151 });
+  const serve = await (async () => {
+    await storeFixture(store, { repository: "library/tiny" }, fx, { move: true });
+    return await startServe(store);
+  })();
+  const ollama = await startOllama();
+  try {
+    const name = `${serve.host}/library/tiny:latest`;
+    const r = await runOllama(ollama, ["pull", "--insecure", name]);
+    assert.equal(r.code, 0, `ollama pull: ${r.stderr}\n${await ollama.log()}`);
+    await assertPulled(ollama, name, fx);
+    const list = await runOllama(ollama, ["list"]);
+    assert.match(list.stdout, new RegExp(`${serve.host}/library/tiny:latest`));
+  } finally {
+    await ollama.stop();
+    await serve.stop();
+    await fx.cleanup?.();
+    await fsp.rm(store, { recursive: true, force: true });
+  }
+});
+
+Deno.test("8 stock ollama daemons pull one model from haul serve at once, all verified", async () => {
+  const store = await tmpDir("haul-serve-ollama8");
+  const fx = makeOllamaModel({ layerSizes: [12 * MiB + 5], seed: 152 });
+  await storeFixture(store, { repository: "library/fleet" }, fx);
+  const serve = await startServe(store);
+  const daemons: OllamaServer[] = [];
+  try {
+    for (let i = 0; i < 8; i++) daemons.push(await startOllama());
+    const name = `${serve.host}/library/fleet:latest`;
+    const runs = await Promise.all(daemons.map((d) => runOllama(d, ["pull", "--insecure", name])));
+    for (const [i, r] of runs.entries()) assert.equal(r.code, 0, `daemon ${i}: ${r.stderr}`);
+    for (const d of daemons) await assertPulled(d, name, fx);
+  } finally {
+    await Promise.all(daemons.map((d) => d.stop()));
+    await serve.stop();
+    await fx.cleanup?.();
+    await fsp.rm(store, { recursive: true, force: true });
+  }
+});
