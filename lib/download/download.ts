@@ -349,7 +349,7 @@ function blobContext(run: DownloadRun, b: Blob): BlobContext {
 }
 
 /**
- * Small blobs download to `sha256-<hex>-partial-<pid>-<rand>` and resume state is
+ * Small blobs download to `sha256-<hex>-partial.<pid>-<rand>.tmp` and resume state is
  * replaced through `…-partial.json.<pid>.tmp`; a process killed with -9 can leave
  * either behind. Remove those whose process is gone.
  */
@@ -361,9 +361,13 @@ async function removeDeadTempFiles(dir: string): Promise<void> {
     return;
   }
   for (const name of names) {
-    // Small-blob temp files and resume-state temp files (`-partial.json.<pid>.tmp`).
-    const m = /^sha256-[0-9a-f]{64}-partial(?:-(\d+)-[0-9a-f]{8}|\.json\.(\d+)\.tmp)$/.exec(name);
-    const pid = Number(m?.[1] ?? m?.[2]);
+    // Small-blob temp files (`-partial.<pid>-<hex>.tmp`; `-partial-<pid>-<hex>` from older
+    // haul, which stock Ollama chokes on) and resume-state temp files
+    // (`-partial.json.<pid>.tmp`).
+    const m =
+      /^sha256-[0-9a-f]{64}-partial(?:-(\d+)-[0-9a-f]{8}|\.(\d+)-[0-9a-f]{8}\.tmp|\.json\.(\d+)\.tmp)$/
+        .exec(name);
+    const pid = Number(m?.[1] ?? m?.[2] ?? m?.[3]);
     if (!m || pid === process.pid) continue;
     try {
       process.kill(pid, 0);

@@ -15,7 +15,9 @@ import { classify } from "./retry_verdict.ts";
 
 /** Returns bytes transferred over the network for this blob. */
 export async function downloadSmall(job: BlobJob, ctx: BlobContext): Promise<number> {
-  const tmp = `${job.partialPath}-${process.pid}-${randomBytes(4).toString("hex")}`;
+  // `<partial>.<pid>-<hex>.tmp`, never `<blob>-partial-…`: stock Ollama JSON-decodes every
+  // file matching `<blob>-partial-*` as its own part state (server/download.go, Prepare).
+  const tmp = `${job.partialPath}.${process.pid}-${randomBytes(4).toString("hex")}.tmp`;
   let transferred = 0;
   let failures = 0;
   let stalls = 0;

@@ -69,13 +69,13 @@ export interface PruneResult {
 
 /**
  * Removes blobs no manifest references, stale partial downloads (`sha256-<hex>-partial`,
- * `-partial.json`, `-partial-<pid>-<rand>`, Ollama's `-partial-<n>`) and stale `.tmp` files,
+ * `-partial.json`, `-partial.<pid>-<rand>.tmp` (`-partial-<pid>-<rand>` before), Ollama's `-partial-<n>`) and stale `.tmp` files,
  * then empty directories under `manifests/`. Files it does not recognise are left alone.
  *
  * Without `force`: partial and temp files modified within `minAge` are in use; an unused
  * blob is kept when it is younger than `minAge` or when any transfer looks active, because a
  * pull writes its manifest only after all of its blobs. Even with `force`, a download whose
- * `-partial.lock` or temp file name (`…-partial-<pid>-<hex>`, `….<pid>.tmp`) names a running
+ * `-partial.lock` or temp file name (`…-partial.<pid>-<hex>.tmp`, `….<pid>.tmp`) names a running
  * process on this host is kept, and so is every unused blob while one exists.
  *
  * @throws {StoreError} when the store cannot be read or a file cannot be removed.

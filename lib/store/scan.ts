@@ -35,7 +35,8 @@ const MAX_SCANNED_FILE = 16 << 20;
 export const MAX_DEPTH = 32;
 
 const BLOB_RE = /^sha256-([0-9a-f]{64})$/;
-// `-partial`, `-partial.json`, `-partial.json.<pid>.tmp`, `-partial-<pid>-<rand>` (haul);
+// `-partial`, `-partial.json`, `-partial.json.<pid>.tmp`, `-partial.<pid>-<rand>.tmp` (haul;
+// `-partial-<pid>-<rand>` before);
 // `-partial-<n>` part state files (Ollama).
 const PARTIAL_RE = /^sha256-([0-9a-f]{64})-partial(?:[-.].*)?$/;
 const TEMP_RE = /\.tmp$/;
@@ -204,11 +205,11 @@ export function alive(pid: number): boolean {
 
 /**
  * The process a partial or temp file belongs to: haul names temp files
- * `…-partial-<pid>-<hex>` and `….<pid>.tmp`, and a `-partial.lock` holds `{pid, host}`
+ * `…-partial.<pid>-<hex>.tmp` (`…-partial-<pid>-<hex>` before) and `….<pid>.tmp`, and a `-partial.lock` holds `{pid, host}`
  * (lib/disk/lock.ts). Undefined when unknown or on another host.
  */
 async function ownerOf(path: string, name: string): Promise<number | undefined> {
-  const m = /-partial-(\d+)-[0-9a-f]+$/.exec(name) ?? /\.(\d+)\.tmp$/.exec(name);
+  const m = /-partial-(\d+)-[0-9a-f]+$/.exec(name) ?? /\.(\d+)(?:-[0-9a-f]+)?\.tmp$/.exec(name);
   if (m) {
     const pid = Number(m[1]);
     return pid > 1 ? pid : undefined;
