@@ -3,8 +3,12 @@
  *   <root>/blobs/sha256-<hex>
  *   <root>/manifests/<host[:port]>/<namespace>/<model>/<tag>
  * Root: `$OLLAMA_MODELS`, else `~/.ollama/models`. Manifests hold the registry's
- * bytes unchanged and are written atomically (temp file, fsync, rename).
+ * bytes unchanged and are written atomically (temp file, fsync, rename). The temp file is
+ * in `<root>/.haul/tmp/`, not beside the manifest: stock Ollama reads every file at
+ * `manifests/*\/*\/*\/*` as a manifest, and one that is not makes it skip its startup prune
+ * and warn in `ollama list` (server/images.go, manifest.Manifests).
  */
+import { randomBytes } from "node:crypto";
 import { mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { join, resolve, sep } from "node:path";
@@ -23,11 +27,19 @@ export class OllamaStore {
   readonly root: string;
   readonly blobsDir: string;
   readonly manifestsDir: string;
+  /** haul's temp files for manifests, outside `manifests/` (same filesystem, so renames are atomic). */
+  readonly tmpDir: string;
 
   constructor(root: string) {
     this.root = resolve(root);
     this.blobsDir = join(this.root, "blobs");
     this.manifestsDir = join(this.root, "manifests");
+    this.tmpDir = join(this.root, ".haul", "tmp");
+  }
+
+  /** A fresh temp path for a manifest being written: `.haul/tmp/manifest.<pid>-<hex>.tmp`. */
+  manifestTempPath(): string {
+    return join(this.tmpDir, `manifest.${process.pid}-${randomBytes(4).toString("hex")}.tmp`);
   }
 
   blobPath(digest: string): string {
@@ -86,9 +98,10 @@ export class OllamaStore {
   async writeManifest(ref: Reference, bytes: Uint8Array): Promise<string> {
     const path = this.manifestPath(ref);
     const dir = path.slice(0, path.lastIndexOf(sep));
-    const tmp = `${path}.${process.pid}.tmp`;
+    const tmp = this.manifestTempPath();
     try {
       await mkdir(dir, { recursive: true });
+      await mkdir(this.tmpDir, { recursive: true });
       await writeFile(tmp, bytes);
       await syncPath(tmp);
       await rename(tmp, path);

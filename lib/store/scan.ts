@@ -273,7 +273,24 @@ export async function scanManifests(
     }
   };
   await walk(store.manifestsDir, 0);
+  await scanManifestTemps(store, scan);
   return scan;
+}
+
+/** Manifests being written (`.haul/tmp/manifest.<pid>-<hex>.tmp`): what they name is in use. */
+async function scanManifestTemps(store: OllamaStore, scan: ManifestScan): Promise<void> {
+  for (const e of await listDir(store.tmpDir)) {
+    if (!/^manifest\.\d+-[0-9a-f]+\.tmp$/.test(e.name)) continue;
+    const path = join(store.tmpDir, e.name);
+    const s = await statOrUndefined(path);
+    if (!s?.isFile() || s.size > MAX_SCANNED_FILE) continue;
+    const f = info(path, s);
+    const owner = await ownerOf(path, e.name);
+    if (owner !== undefined) f.owner = owner;
+    scan.temps.push(f);
+    const bytes = await readFile(path).catch(() => undefined);
+    if (bytes) for (const d of digestsIn(new Uint8Array(bytes))) scan.referenced.add(d);
+  }
 }
 
 /** Reads one manifest file as a model; undefined when it does not exist. */

@@ -19,6 +19,8 @@ import {
 } from "../../lib/store/ops.ts";
 import { login, logout, parseRegistry } from "../../lib/ops/login.ts";
 import { loadCredential } from "../../lib/auth/credentials.ts";
+import { OllamaStore } from "../../lib/store/ollama.ts";
+import { parseReference } from "../../lib/registry/reference.ts";
 import {
   type Fixture,
   type FixtureBlob,
@@ -619,4 +621,29 @@ Deno.test("login() leaves an invalid config.json alone", async () => {
     await fsp.readFile(path.join(d.dir, "config.json"), "utf8"),
     `{"auths": {"x": "${SECRET}"`,
   );
+});
+
+Deno.test("writeManifest() leaves only manifests under manifests/; prune() counts its temps in .haul/tmp as used", async () => {
+  await using store = await makeStore();
+  const { alpha } = twoModels();
+  for (const b of alpha.blobs) await store.file(blobName(b.digest), b.data!, 2 * HOUR);
+  const ollama = new OllamaStore(store.root);
+  // Stock Ollama reads every file at manifests/*/*/*/* as a manifest (server/images.go).
+  assert.ok(!ollama.manifestTempPath().startsWith(ollama.manifestsDir + path.sep));
+  const ref = parseReference("127.0.0.1:5000/library/alpha:latest");
+  const written = await ollama.writeManifest(ref, alpha.manifest);
+  const under = (await fsp.readdir(ollama.manifestsDir, { recursive: true, withFileTypes: true }))
+    .filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
+  assert.deepEqual(under, [written]);
+  await fsp.rm(written);
+
+  // A manifest about to be renamed into place by a running pull (a live pid: ours).
+  const tmp = path.join(ollama.tmpDir, `manifest.${process.pid}-0badf00d.tmp`);
+  await fsp.writeFile(tmp, alpha.manifest);
+  const r = await prune({ modelsDir: store.root, force: true });
+  assert.deepEqual(r.removed, []);
+  for (const b of alpha.blobs) assert.equal(await exists(store.blobPath(b.digest)), true);
+  await fsp.rm(tmp);
+  const after = await prune({ modelsDir: store.root, force: true });
+  assert.equal(after.removed.length, alpha.blobs.length, "unreferenced once the temp is gone");
 });
