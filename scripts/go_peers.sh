@@ -13,11 +13,16 @@ peers=(
   # go install does not stamp Ollama's version (it would report 0.0.0): set it as its Makefile does.
   "ollama github.com/ollama/ollama@v0.32.15 -ldflags=-X=github.com/ollama/ollama/version.Version=0.32.15"
 )
-command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ] || {
-  echo "go_peers.sh: Go is not installed (apt-get install golang-go, or /usr/local/go)" >&2
-  exit 1
-}
 PATH="$PATH:/usr/local/go/bin"
+if ! command -v go >/dev/null 2>&1; then
+  # Debian's Go is older than the peers need; GOTOOLCHAIN=auto then fetches the toolchain
+  # their go.mod names from the Go module proxy.
+  echo "go_peers.sh: installing golang-go" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+    --no-install-recommends golang-go; } >&2 || { echo "go_peers.sh: cannot install Go" >&2; exit 1; }
+fi
+export GOTOOLCHAIN=${GOTOOLCHAIN:-auto}
 exec 9>"$dir/.lock"
 flock 9
 for p in "${peers[@]}"; do

@@ -3,7 +3,7 @@
  * of content-addressed blobs of one repository into a directory, in parallel,
  * verified, skipping blobs already present.
  */
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { checkDigest, digestToFileName, sha256Digest } from "../digest.ts";
 import { HaulError, InterruptedError, storeError } from "../errors.ts";
 import { MAX_BLOB_SIZE } from "../registry/manifest.ts";
@@ -85,6 +85,14 @@ export interface DownloadOptions extends ConnectionOptions, TransferTuning {
    * files add suffixes to it. @default `sha256-<hex>` (Ollama's); an OCI layout uses `<hex>`
    */
   fileName?: (digest: string) => string;
+  /**
+   * Directory for partial downloads, their resume state, locks and temp files (same
+   * filesystem as `destDir`, so the final rename is atomic). A pull into Ollama's store uses
+   * `<models>/.haul/partial/`, out of reach of Ollama's startup prune, which deletes every
+   * file in `blobs/` not named `sha256-<hex>` (server/images.go, PruneLayers).
+   * @default destDir
+   */
+  partialDir?: string;
   /** Aggregate progress: bytes present or transferred, and the total. */
   onProgress?: (completed: number, total: number) => void;
   /** Per-blob events (for renderers). */
@@ -161,7 +169,14 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
   await mkdir(options.destDir, { recursive: true }).catch((e) => {
     throw storeError("create directory", options.destDir, e);
   });
+  const partialDir = options.partialDir ?? options.destDir;
+  if (partialDir !== options.destDir) {
+    await mkdir(partialDir, { recursive: true }).catch((e) => {
+      throw storeError("create directory", partialDir, e);
+    });
+  }
   await removeDeadTempFiles(options.destDir);
+  if (partialDir !== options.destDir) await removeDeadTempFiles(partialDir);
   const seen = new Set<string>();
   const blobs = options.blobs.filter((b) => !seen.has(b.digest) && seen.add(b.digest));
   const run = startDownload(options, tuning, session, blobs);
@@ -261,12 +276,26 @@ async function downloadOne(run: DownloadRun, b: Blob): Promise<void> {
   emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: 0 });
   const { url, chunks } = await locateBlob(run, b);
   const n = await downloadBlob(
-    { digest: b.digest, size: b.size, url, path, partialPath: path + "-partial", chunks },
+    {
+      digest: b.digest,
+      size: b.size,
+      url,
+      path,
+      partialPath: partialPathOf(run.options, path),
+      chunks,
+    },
     blobContext(run, b),
   );
   run.result.transferred += n;
   run.result.fetched++;
   emit({ type: "blob-done", op: "pull", digest: b.digest, total: b.size, skipped: false });
+}
+
+/** Where `path`'s download is written until verified: `<partialDir>/<name>-partial`. */
+function partialPathOf(options: DownloadOptions, path: string): string {
+  return options.partialDir
+    ? join(options.partialDir, `${basename(path)}-partial`)
+    : `${path}-partial`;
 }
 
 /** The blob's path in `destDir`, from `fileName` (checked to be a plain file name). */

@@ -180,7 +180,7 @@ function checkPull(refs: string | string[], options: PullOptions): Reference[] {
 /** Where a pull writes: Ollama's store or an OCI image layout. */
 interface Target {
   /** Where {@link download} puts blob files. */
-  files: { destDir: string; fileName?: (digest: string) => string };
+  files: { destDir: string; fileName?: (digest: string) => string; partialDir?: string };
   /** True when the blob is already there with its size. */
   has(b: Descriptor): Promise<boolean>;
   /** Writes one reference's manifest (after all of its blobs); returns the manifest's path. */
@@ -217,7 +217,7 @@ async function openTarget(refs: Reference[], options: PullOptions): Promise<Targ
   for (const ref of refs) store.manifestPath(ref);
   await store.ensureDirs();
   return {
-    files: { destDir: store.blobsDir },
+    files: { destDir: store.blobsDir, partialDir: store.partialDir },
     has: (b) => store.hasBlob(b.digest, b.size),
     write: (r) => store.writeManifest(r.ref, r.top.bytes),
   };

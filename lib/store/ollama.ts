@@ -46,8 +46,22 @@ export class OllamaStore {
     return join(this.blobsDir, digestToFileName(digest));
   }
 
-  /** Where an in-progress download lives; Ollama uses the same suffix. */
+  /**
+   * Where haul's in-progress downloads, their resume state and locks live: outside `blobs/`,
+   * which Ollama's startup prune clears of every file not named `sha256-<hex>`
+   * (server/images.go, PruneLayers), on the same filesystem so the final rename is atomic.
+   */
+  get partialDir(): string {
+    return join(this.root, ".haul", "partial");
+  }
+
+  /** Where haul downloads `digest` until it is verified. */
   partialPath(digest: string): string {
+    return join(this.partialDir, `${digestToFileName(digest)}-partial`);
+  }
+
+  /** Where stock Ollama downloads `digest` (`-partial`, plus `-partial-<n>` part files). */
+  ollamaPartialPath(digest: string): string {
     return this.blobPath(digest) + "-partial";
   }
 

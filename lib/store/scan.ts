@@ -149,12 +149,27 @@ export async function statOrUndefined(path: string) {
   }
 }
 
+/**
+ * Blobs in `blobs/`, and partial downloads there (Ollama's, an older haul's) and in
+ * `.haul/partial/` (haul's).
+ */
 export async function scanBlobs(store: OllamaStore, signal?: AbortSignal): Promise<BlobScan> {
   const scan: BlobScan = { complete: new Map(), partials: new Map(), temps: [] };
-  for (const e of await listDir(store.blobsDir)) {
+  await scanBlobDir(store.blobsDir, scan, true, signal);
+  await scanBlobDir(store.partialDir, scan, false, signal);
+  return scan;
+}
+
+async function scanBlobDir(
+  dir: string,
+  scan: BlobScan,
+  blobs: boolean,
+  signal?: AbortSignal,
+): Promise<void> {
+  for (const e of await listDir(dir)) {
     signal?.throwIfAborted();
-    const path = join(store.blobsDir, e.name);
-    const complete = BLOB_RE.exec(e.name);
+    const path = join(dir, e.name);
+    const complete = blobs ? BLOB_RE.exec(e.name) : null;
     const partial = complete ? null : PARTIAL_RE.exec(e.name);
     const temp = !complete && !partial && TEMP_RE.test(e.name);
     if (!complete && !partial && !temp) continue; // not ours: leave it alone
@@ -173,7 +188,6 @@ export async function scanBlobs(store: OllamaStore, signal?: AbortSignal): Promi
       scan.partials.set(digest, list);
     } else scan.temps.push(f);
   }
-  return scan;
 }
 
 /**
@@ -289,7 +303,7 @@ async function scanManifestTemps(store: OllamaStore, scan: ManifestScan): Promis
     if (owner !== undefined) f.owner = owner;
     scan.temps.push(f);
     const bytes = await readFile(path).catch(() => undefined);
-    if (bytes) for (const d of digestsIn(new Uint8Array(bytes))) scan.referenced.add(d);
+    if (bytes) { for (const d of digestsIn(new Uint8Array(bytes))) scan.referenced.add(d); }
   }
 }
 

@@ -457,7 +457,12 @@ Deno.test({
       const slow = await startFaultProxy(reg.url, {
         rule: (req) => req.url.includes("/blobs/") ? { rateBytesPerSec: 8e6 } : undefined,
       });
-      const partial = path.join(fs.realpathSync(modelsB), "blobs", `${blobName}-partial`);
+      const partial = path.join(
+        fs.realpathSync(modelsB),
+        ".haul",
+        "partial",
+        `${blobName}-partial`,
+      );
       let doneAtKill = 0;
       const seen: Descriptor[] = [];
       try {

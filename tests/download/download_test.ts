@@ -114,8 +114,11 @@ Deno.test("pull() stops promptly on abort with InterruptedError, keeping resumab
       InterruptedError,
     );
     assert.ok(Date.now() - t0 < 5000, "prompt");
-    const names = await fsp.readdir(path.join(models, "blobs"));
+    // Out of reach of Ollama's startup prune, which clears blobs/ of all but sha256-<hex>.
+    const names = await fsp.readdir(path.join(models, ".haul", "partial"));
     assert.ok(names.some((n) => n.endsWith("-partial.json")), "state kept for resume");
+    const inBlobs = await fsp.readdir(path.join(models, "blobs"));
+    assert.deepEqual(inBlobs.filter((n) => n.includes("partial")), [], "nothing partial in blobs/");
     await assert.rejects(
       fsp.stat(path.join(models, "manifests", proxy.host, "library", "abort", "latest")),
     );

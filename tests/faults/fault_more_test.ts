@@ -67,8 +67,14 @@ async function recorded(models: string, fx: Fixture): Promise<number> {
       n += b.size;
       continue;
     }
+    const state = path.join(
+      models,
+      ".haul",
+      "partial",
+      `${b.digest.replace(":", "-")}-partial.json`,
+    );
     try {
-      const s = JSON.parse(await fsp.readFile(`${file}-partial.json`, "utf8"));
+      const s = JSON.parse(await fsp.readFile(state, "utf8"));
       if (s.digest === b.digest && s.size === b.size) {
         n += (s.parts as { done: number }[]).reduce((a, p) => a + p.done, 0);
       }
@@ -191,19 +197,23 @@ Deno.test({
       assert.deepEqual(await missingOrWrong(models, fx.blobs), []);
       assert.ok(await manifestIs(models, proxy.host, "library/killme", fx.manifest));
       assert.deepEqual(await storeProblems(models, fx.blobs), []);
-      const leftovers = (await fsp.readdir(path.join(models, "blobs"))).filter((n) =>
-        !/^sha256-[0-9a-f]{64}$/.test(n)
-      );
-      // A killed process cannot remove its small-blob temp file (`-partial-<pid>-<rand>`);
+      // blobs/ and haul's partial folder: everything but complete blobs is a leftover.
+      const leftovers: string[] = [];
+      for (const dir of [path.join(models, "blobs"), path.join(models, ".haul", "partial")]) {
+        for (const n of await fsp.readdir(dir).catch(() => [] as string[])) {
+          if (!/^sha256-[0-9a-f]{64}$/.test(n)) leftovers.push(path.join(dir, n));
+        }
+      }
+      // A killed process cannot remove its small-blob temp file (`-partial.<pid>-<rand>.tmp`);
       // nothing else may stay: no partial file, state file or lock of a large blob.
-      const orphans = leftovers.filter((n) => /-partial-\d+-[0-9a-f]+$/.test(n));
+      const orphans = leftovers.filter((n) => /-partial\.\d+-[0-9a-f]+\.tmp$/.test(n));
       assert.deepEqual(
         leftovers.filter((n) => !orphans.includes(n)),
         [],
         "no partial, state or lock file left",
       );
       let orphanBytes = 0;
-      for (const n of orphans) orphanBytes += (await fsp.stat(path.join(models, "blobs", n))).size;
+      for (const n of orphans) orphanBytes += (await fsp.stat(n)).size;
       const total = proxy.bytesOut(BLOBS);
       const size = totalSize(fx.blobs);
       const waste = total - size;
@@ -373,7 +383,7 @@ Deno.test({
       const keptAfterFull = await recorded(mnt, fx);
       // What the partial file holds (tmpfs allocates only written pages).
       const partialInfo = await fsp.stat(
-        path.join(mnt, "blobs", big.digest.replace(":", "-") + "-partial"),
+        path.join(mnt, ".haul", "partial", big.digest.replace(":", "-") + "-partial"),
       ).catch(() => undefined);
       const written = partialInfo ? partialInfo.blocks * 512 : 0;
 

@@ -54,7 +54,15 @@ async function blobBytes(b: FixtureBlob): Promise<Uint8Array> {
  * Returns the problems found (empty when the store is sound).
  */
 export async function storeProblems(models: string, blobs: FixtureBlob[]): Promise<string[]> {
-  const dir = path.join(models, "blobs");
+  const problems: string[] = [];
+  // Blobs and older state in blobs/; haul's partial downloads in .haul/partial/.
+  for (const dir of [path.join(models, "blobs"), path.join(models, ".haul", "partial")]) {
+    problems.push(...await dirProblems(dir, blobs));
+  }
+  return problems;
+}
+
+async function dirProblems(dir: string, blobs: FixtureBlob[]): Promise<string[]> {
   let names: string[];
   try {
     names = await fsp.readdir(dir);

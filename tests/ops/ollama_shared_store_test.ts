@@ -9,7 +9,15 @@
 import assert from "node:assert/strict";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
-import { makeOllamaModel, sha256File, sleep, spawnCli, tmpDir } from "../support/harness.ts";
+import {
+  makeOllamaModel,
+  runCli,
+  sha256File,
+  sleep,
+  spawnCli,
+  tmpDir,
+} from "../support/harness.ts";
+import { startFaultProxy } from "../support/fault_proxy.ts";
 import { runOllama, startOllama } from "../support/ollama.ts";
 import { startServe, storeFixture } from "../server/serve_fixtures.ts";
 
@@ -58,6 +66,56 @@ Deno.test("kill -9 of haul pull with many small blobs in flight, then stock olla
       await ollama.stop();
     }
   } finally {
+    await serve.stop();
+    await fx.cleanup?.();
+    await fsp.rm(source, { recursive: true, force: true });
+    await fsp.rm(models, { recursive: true, force: true });
+  }
+});
+
+Deno.test("ollama serve's startup prune over a killed haul pull leaves its resume state: the two pulls fetch <= 1.25x the model", async () => {
+  const source = await tmpDir("haul-prune-src");
+  const models = await tmpDir("haul-prune-models");
+  const fx = makeOllamaModel({ layerSizes: [60_000_011, 300], seed: 162 });
+  const size = fx.blobs.reduce((n, b) => n + b.size, 0);
+  await storeFixture(source, { repository: "library/pruned" }, fx);
+  const serve = await startServe(source);
+  const proxy = await startFaultProxy(serve.url, {
+    rule: (req) => req.url.includes("/blobs/") ? { rateBytesPerSec: 20e6 } : undefined,
+  });
+  try {
+    const name = `${proxy.host}/library/pruned:latest`;
+    const args = ["pull", "--insecure", "--quiet", "--models", models, name];
+    const child = spawnCli(args, { timeoutMs: 120_000 });
+    // Kill once about half of the big blob has gone through.
+    for (let i = 0; i < 400 && proxy.bytesOut(/\/blobs\//) < size / 2; i++) await sleep(25);
+    child.kill("SIGKILL");
+    assert.equal((await child.result).signal, "SIGKILL");
+    // Ollama prunes only files older than an hour (layerPruneGracePeriod): age everything.
+    const old = new Date(Date.now() - 2 * 3600_000);
+    for (const f of await fsp.readdir(models, { recursive: true })) {
+      await fsp.utimes(path.join(models, f), old, old).catch(() => {});
+    }
+    const ollama = await startOllama({ models });
+    try {
+      // PruneLayers runs in the background at startup (server/routes.go Serve).
+      for (let i = 0; i < 200 && !/total unused blobs removed/.test(await ollama.log()); i++) {
+        await sleep(50);
+      }
+      assert.match(await ollama.log(), /total unused blobs removed/, "Ollama's prune ran");
+    } finally {
+      await ollama.stop();
+    }
+    const r = await runCli(args, { timeoutMs: 120_000 });
+    assert.equal(r.code, 0, r.stderr);
+    for (const b of fx.blobs) {
+      const file = path.join(models, "blobs", b.digest.replace(":", "-"));
+      assert.equal(`sha256:${await sha256File(file)}`, b.digest, `${b.digest} content`);
+    }
+    const fetched = proxy.bytesOut(/\/blobs\//);
+    assert.ok(fetched <= 1.25 * size, `fetched ${fetched} bytes for a ${size}-byte model`);
+  } finally {
+    await proxy.stop();
     await serve.stop();
     await fx.cleanup?.();
     await fsp.rm(source, { recursive: true, force: true });

@@ -45,6 +45,8 @@ async function assertStored(models: string, host: string, repo: string, tag: str
     !/^sha256-[0-9a-f]{64}$/.test(n)
   );
   assert.deepEqual(leftovers, [], "no partial or temp files left");
+  const partials = await fsp.readdir(path.join(models, ".haul", "partial")).catch(() => []);
+  assert.deepEqual(partials, [], "no partial download, state or lock left");
 }
 
 async function withRegistry(
@@ -153,7 +155,12 @@ Deno.test("haul pull resumes after kill -9 mid-blob without fetching written byt
       const slow = await startFaultProxy(reg.url, {
         rule: (req) => req.url.includes("/blobs/") ? { rateBytesPerSec: 20e6 } : undefined,
       });
-      const state = path.join(models, "blobs", big.digest.replace(":", "-") + "-partial.json");
+      const state = path.join(
+        models,
+        ".haul",
+        "partial",
+        big.digest.replace(":", "-") + "-partial.json",
+      );
       let doneAtKill = 0;
       try {
         const child = spawnCli([
