@@ -61,6 +61,28 @@ export function hostToComponent(host: string): string | undefined {
   return COMPONENT_RE.test(c) ? c : undefined;
 }
 
+/**
+ * The two-component name (`namespace/model`, Ollama's grammar: types/model/name.go
+ * isValidPart, no `.` in a namespace) under which `haul serve` also answers for a
+ * repository that has another host or 3+ components: the host and every component but
+ * the last are joined with `_` into the namespace, `.` and `:` written `-`; the last
+ * component is the model. `ghcr.io/org/team/model` → `ghcr-io_org_team/model`,
+ * `127.0.0.1:5000/library/x` → `127-0-0-1-5000_library/x`; a default-host
+ * `a/b/c` → `a_b/c`. Undefined when the repository already has two components on
+ * the default host. Resolved by scanning the store (first in sorted order wins a clash).
+ */
+export function ollamaAlias(
+  host: string,
+  repository: string[],
+  defaultHost: string = DEFAULT_HOST,
+): string | undefined {
+  const parts = host === defaultHost ? repository : [host, ...repository];
+  if (parts.length < 2 || (host === defaultHost && parts.length === 2)) return undefined;
+  const namespace = parts.slice(0, -1).join("_").replace(/[.:]/g, "-");
+  const alias = `${namespace}/${parts[parts.length - 1]}`;
+  return isRepositoryName(alias) ? alias : undefined;
+}
+
 /** One way to read a requested name as a store location. */
 interface Candidate {
   host: string;
@@ -204,7 +226,45 @@ export class StoreCatalog {
         return { dir, host: c.host, repository: c.repository.join("/") };
       }
     }
+    // A two-component name may be the Ollama alias of a longer one (see ollamaAlias).
+    const last = candidates[candidates.length - 1];
+    if (last?.host !== this.defaultHost || last.repository.length !== 2) return undefined;
+    const wanted = last.repository.join("/");
+    for (const entry of await this.#scan()) {
+      if (ollamaAlias(entry.host, entry.repository, this.defaultHost) !== wanted) continue;
+      const dir = this.#dirOf(entry);
+      return { dir, host: entry.host, repository: entry.repository.join("/") };
+    }
     return undefined;
+  }
+
+  /**
+   * Ollama aliases of the store's repositories (see {@link ollamaAlias}), alias → long
+   * name, for repositories that need one; sorted by alias, first wins a clash.
+   */
+  async aliases(): Promise<Map<string, string>> {
+    const out = new Map<string, string>();
+    for (const e of await this.#scan()) {
+      const alias = ollamaAlias(e.host, e.repository, this.defaultHost);
+      if (alias && !out.has(alias)) out.set(alias, e.name);
+    }
+    return new Map([...out].sort((a, b) => compare(a[0], b[0])));
+  }
+
+  /** Every repository with its location, in the sorted order of {@link repositories}. */
+  async #scan(): Promise<(Candidate & { name: string })[]> {
+    const out: (Candidate & { name: string })[] = [];
+    for (const name of await this.repositories()) {
+      const parsed = this.parseName(name);
+      if (!parsed.ok) continue;
+      for (const c of parsed.candidates) {
+        if ((await this.#tagsIn(this.#dirOf(c))).length) {
+          out.push({ ...c, name });
+          break;
+        }
+      }
+    }
+    return out;
   }
 
   /** Tags of a repository, sorted lexically (OCI: "in lexical order"). */

@@ -79,3 +79,25 @@ Deno.test("8 stock ollama daemons pull one model from haul serve at once, all ve
     await fsp.rm(store, { recursive: true, force: true });
   }
 });
+
+Deno.test("stock ollama pulls an other-registry 3-component model from haul serve by its alias", async () => {
+  const store = await tmpDir("haul-serve-ollama-alias");
+  const fx = makeOllamaModel({ layerSizes: [2 * MiB + 3, 300], seed: 153 });
+  // As a haul pull from ghcr.io/org/team/model leaves it: Ollama cannot name 3 components.
+  await storeFixture(store, { host: "ghcr.io", repository: "org/team/model" }, fx);
+  const serve = await startServe(store);
+  const ollama = await startOllama();
+  try {
+    const catalog = await (await fetch(`${serve.url}/v2/_catalog`)).json();
+    assert.ok(catalog.repositories.includes("ghcr.io/org/team/model"), JSON.stringify(catalog));
+    const name = `${serve.host}/ghcr-io_org_team/model:latest`;
+    const r = await runOllama(ollama, ["pull", "--insecure", name]);
+    assert.equal(r.code, 0, `ollama pull: ${r.stderr}\n${await ollama.log()}`);
+    await assertPulled(ollama, name, fx);
+  } finally {
+    await ollama.stop();
+    await serve.stop();
+    await fx.cleanup?.();
+    await fsp.rm(store, { recursive: true, force: true });
+  }
+});
