@@ -28,6 +28,7 @@ import {
 } from "./partial_file.ts";
 import { watermark } from "./plan_parts.ts";
 import { type LargeRun, runWorker } from "./part_runner.ts";
+import { adoptOllamaPartial } from "./ollama_partial.ts";
 
 /** Returns bytes transferred over the network for this blob. */
 export async function downloadLarge(job: BlobJob, ctx: BlobContext): Promise<number> {
@@ -39,6 +40,8 @@ export async function downloadLarge(job: BlobJob, ctx: BlobContext): Promise<num
   }
   if (waited.shown) ctx.onBytes(-waited.shown);
   try {
+    // An interrupted stock `ollama pull` of this blob: continue from what it wrote.
+    if (!(await loadState(job))) await adoptOllamaPartial(job, ctx.tuning.partSize).catch(() => {});
     return await downloadStartingOverOnce(job, ctx);
   } finally {
     await lock.release();
