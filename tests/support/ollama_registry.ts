@@ -224,7 +224,7 @@ export async function startOllamaRegistry(
     });
   };
 
-  const relay = async (res: http.ServerResponse, r: Response, textPlain = false) => {
+  const relay = async (res: http.ServerResponse, r: Response, textPlain = false, head = false) => {
     const body = Buffer.from(await r.arrayBuffer());
     const h: Record<string, string> = {};
     r.headers.forEach((v, k) => {
@@ -232,6 +232,12 @@ export async function startOllamaRegistry(
         h[k] = v;
       }
     });
+    const length = r.headers.get("content-length");
+    if (head && length !== null) {
+      res.writeHead(r.status, { ...h, "content-length": length });
+      res.end();
+      return;
+    }
     if (textPlain) {
       // Ollama's registry: text/plain, no Content-Length (ollama/ollama#6470).
       h["content-type"] = "text/plain; charset=utf-8";
@@ -264,7 +270,7 @@ export async function startOllamaRegistry(
       accept: req.headers.accept ??
         "application/vnd.docker.distribution.manifest.v2+json",
     });
-    if (method === "HEAD") return relay(res, r);
+    if (method === "HEAD") return relay(res, r, false, true);
     return relay(res, r, r.ok);
   };
 
@@ -283,7 +289,7 @@ export async function startOllamaRegistry(
       return send(res, 307, "", { location: loc });
     }
     const r = await forward(req.method ?? "HEAD", `/v2/${name}/blobs/${digest}`, {});
-    return relay(res, r);
+    return relay(res, r, false, req.method === "HEAD");
   };
 
   const uploadUrl = (name: string, id: string) => `${url}/v2/${name}/blobs/uploads/${id}`;
