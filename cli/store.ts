@@ -6,6 +6,7 @@ import { formatBytes } from "./progress.ts";
 import {
   formatAge,
   listModels,
+  ollamaAlias,
   prune,
   type PrunedFile,
   removeModels,
@@ -26,6 +27,8 @@ export const LIST_HELP = `Usage: haul ${LIST.usage}
 Lists the models in Ollama's store as "ollama list" does: NAME as you would
 type it (models from other registries keep their host), ID (first 12 hex
 digits of the manifest digest), SIZE (config and layers), MODIFIED.
+--json adds ollamaName: the two-component namespace/model name "haul serve"
+answers for it (ghcr.io/org/team/model as ghcr-io_org_team/model).
 
 Options:
 ${formatFlags(LIST)}
@@ -128,6 +131,8 @@ export const listCommand: Command = async (args, signal) => {
       models.map((m) => ({
         name: m.name,
         reference: m.reference,
+        // The two-component name `haul serve` answers for it (Ollama's namespace/model).
+        ollamaName: ollamaAlias(m.host, m.repository.split("/")) ?? m.repository,
         id: shortDigest(m.digest),
         digest: m.digest,
         size: m.size,

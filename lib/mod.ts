@@ -84,6 +84,7 @@ export type { Chunksum, FetchChunksumsOptions, FetchedChunksums } from "./regist
 export { DEFAULT_MIN_AGE } from "./store/scan.ts";
 export type { StoredModel } from "./store/scan.ts";
 export { formatAge, listModels } from "./store/list.ts";
+export { ollamaAlias } from "./store/catalog.ts";
 export type { ListOptions } from "./store/list.ts";
 export { removeModels } from "./store/remove.ts";
 export type { RemoveOptions, RemoveResult } from "./store/remove.ts";

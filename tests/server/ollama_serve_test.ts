@@ -10,6 +10,7 @@ import * as path from "node:path";
 import { makeOllamaModel, MiB, sha256File, sleep, tmpDir } from "../support/harness.ts";
 import type { Fixture } from "../support/fixtures.ts";
 import { type OllamaServer, ollamaTags, runOllama, startOllama } from "../support/ollama.ts";
+import { runCli } from "../support/cli.ts";
 import { startServe, storeFixture } from "./serve_fixtures.ts";
 
 /** Asserts that `server`'s store holds `fx` under `host/repository:tag` exactly as served. */
@@ -90,6 +91,13 @@ Deno.test("stock ollama pulls an other-registry 3-component model from haul serv
   try {
     const catalog = await (await fetch(`${serve.url}/v2/_catalog`)).json();
     assert.ok(catalog.repositories.includes("ghcr.io/org/team/model"), JSON.stringify(catalog));
+    const listed = await runCli(["list", "--json", "--models", store]);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.deepEqual(
+      JSON.parse(listed.stdout).map((m: { ollamaName: string }) => m.ollamaName),
+      ["ghcr-io_org_team/model"],
+      "haul list --json names the alias",
+    );
     const name = `${serve.host}/ghcr-io_org_team/model:latest`;
     const r = await runOllama(ollama, ["pull", "--insecure", name]);
     assert.equal(r.code, 0, `ollama pull: ${r.stderr}\n${await ollama.log()}`);
