@@ -102,6 +102,11 @@ Deno.test("stock ollama pulls an other-registry 3-component model from haul serv
     const r = await runOllama(ollama, ["pull", "--insecure", name]);
     assert.equal(r.code, 0, `ollama pull: ${r.stderr}\n${await ollama.log()}`);
     await assertPulled(ollama, name, fx);
+    // A one-component name is library/<name>, as in Ollama (stock `ollama pull host/solo` itself
+    // refuses the name: types/model/name.go reads `host` as the namespace).
+    await storeFixture(store, { repository: "library/solo" }, fx);
+    const solo = await fetch(`${serve.url}/v2/solo/manifests/latest`);
+    assert.deepEqual(new Uint8Array(await solo.arrayBuffer()), fx.manifest);
   } finally {
     await ollama.stop();
     await serve.stop();
