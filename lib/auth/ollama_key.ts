@@ -10,6 +10,8 @@ import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { Buffer } from "node:buffer";
 import { AuthError } from "../errors.ts";
+import type { Fetch } from "../transport/fetch.ts";
+import type { AuthChallenge } from "./authenticator.ts";
 
 /** The environment variable naming a key file (after `--key`, before the default places). */
 export const OLLAMA_KEY_ENV = "HAUL_OLLAMA_KEY";
@@ -168,4 +170,39 @@ export function noKeyMessage(): string {
   return `No Ollama key found (looked in ${keyCandidates().join(", ")}). Create one with ` +
     `ssh-keygen -t ed25519 -f ~/.ollama/id_ed25519 -N "" (or start ollama serve once), add its ` +
     `.pub on ollama.com, or point at one with --key FILE or ${OLLAMA_KEY_ENV}.`;
+}
+
+/**
+ * A token source for the Authenticator's `getToken`: the realm GET signed with `key`, as
+ * server/auth.go getAuthorizationToken does; a refusal names the key and its public half.
+ */
+export function ollamaTokenSource(
+  key: OllamaKey,
+  fetch: Fetch,
+): (challenge: AuthChallenge, signal?: AbortSignal) => Promise<string> {
+  return async (ch, signal) => {
+    const url = ollamaTokenUrl(
+      ch.realm,
+      ch.service ?? "",
+      (ch.scope ?? "").split(" ").filter(Boolean),
+    );
+    const res = await fetch(
+      new Request(url, { headers: { authorization: signOllamaRequest(key, url) }, signal }),
+    );
+    const text = await res.text();
+    if (!res.ok) {
+      throw new AuthError(
+        `The registry refused the Ollama key ${key.path} (HTTP ${res.status}); ` +
+          `add this public key on ollama.com (Settings, Keys): ${key.publicKey}`,
+      );
+    }
+    let token: unknown;
+    try {
+      token = (JSON.parse(text) as { token?: unknown }).token;
+    } catch {
+      throw new AuthError(`Token response from ${new URL(url).host} is not JSON`);
+    }
+    if (typeof token !== "string" || !token) throw new AuthError("Token response has no token");
+    return token;
+  };
 }

@@ -4,6 +4,7 @@
  */
 import { type AuthChallenge, Authenticator } from "../auth/authenticator.ts";
 import type { Credential } from "../auth/credentials.ts";
+import { type OllamaKey, ollamaTokenSource } from "../auth/ollama_key.ts";
 import { RegistryClient } from "./client.ts";
 import type { RetryPolicy } from "../transport/retry.ts";
 import {
@@ -28,6 +29,11 @@ export interface ConnectionOptions {
   getToken?: (challenge: AuthChallenge, signal?: AbortSignal) => Promise<string>;
   /** Credentials; default: Docker's config.json for the host. `null` for none. */
   credential?: Credential | null;
+  /**
+   * An Ollama key (lib/auth/ollama_key.ts findOllamaKey): Bearer tokens are then fetched with
+   * Ollama's signed request (server/auth.go) unless `getToken` is given.
+   */
+  ollamaKey?: OllamaKey;
   /** Extra CA certificates (PEM). */
   caCerts?: string[];
   /** Skip TLS certificate checks (Bun only; see lib/transport/fetch.ts). @default false */
@@ -70,7 +76,8 @@ export function createSession(
     scopes,
     credential: options.credential,
     token: options.token,
-    getToken: options.getToken,
+    getToken: options.getToken ??
+      (options.ollamaKey ? ollamaTokenSource(options.ollamaKey, tokenFetch) : undefined),
   });
   const fetch = withUserAgent(withRedirects(withAuth(retried, auth)), userAgent);
   return { fetch, auth, client: new RegistryClient({ baseUrl, fetch }) };

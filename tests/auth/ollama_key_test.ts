@@ -107,3 +107,35 @@ Deno.test("signOllamaRequest() gets a push grant from the Ollama-registry emulat
     await fsp.rm(dir, { recursive: true, force: true });
   }
 });
+
+Deno.test("createSession() with ollamaKey signs the token request; an unowned namespace stays unauthorized", async () => {
+  const { createSession } = await import("../../lib/registry/session.ts");
+  const dir = await tmpDir("haul-key");
+  const registry = await startRegistry();
+  try {
+    const file = keygen(dir, "id_ed25519", ["-t", "ed25519", "-N", ""]);
+    const key = await findOllamaKey({ keyFile: file });
+    assert.ok(key);
+    const emu = await startOllamaRegistry(registry.url, { keys: { [key.publicKey]: ["alice"] } });
+    try {
+      const own = createSession(emu.url, ["repository:alice/m:pull,push"], { ollamaKey: key });
+      const ok = await own.fetch(
+        new Request(`${emu.url}/v2/alice/m/blobs/uploads/`, { method: "POST" }),
+      );
+      assert.equal(ok.status, 202);
+      await ok.body?.cancel();
+      assert.equal(emu.tokens.at(-1)?.key, key.publicKey.split(" ")[1]);
+      const other = createSession(emu.url, ["repository:bob/m:pull,push"], { ollamaKey: key });
+      const no = await other.fetch(
+        new Request(`${emu.url}/v2/bob/m/blobs/uploads/`, { method: "POST" }),
+      )
+        .then((r) => r.status, (e) => e);
+      assert.ok(no === 401 || no instanceof AuthError, String(no));
+    } finally {
+      await emu.stop();
+    }
+  } finally {
+    await registry.stop();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
