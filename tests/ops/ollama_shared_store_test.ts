@@ -18,7 +18,7 @@ import {
   tmpDir,
 } from "../support/harness.ts";
 import { startFaultProxy } from "../support/fault_proxy.ts";
-import { runOllama, startOllama } from "../support/ollama.ts";
+import { ollamaTags, runOllama, startOllama } from "../support/ollama.ts";
 import { startServe, storeFixture } from "../server/serve_fixtures.ts";
 
 /** Files that Ollama's `<blob>-partial-*` glob would pick up for any blob. */
@@ -115,6 +115,58 @@ Deno.test("ollama serve's startup prune over a killed haul pull leaves its resum
     const fetched = proxy.bytesOut(/\/blobs\//);
     assert.ok(fetched <= 1.25 * size, `fetched ${fetched} bytes for a ${size}-byte model`);
   } finally {
+    await proxy.stop();
+    await serve.stop();
+    await fx.cleanup?.();
+    await fsp.rm(source, { recursive: true, force: true });
+    await fsp.rm(models, { recursive: true, force: true });
+  }
+});
+
+Deno.test("a Ctrl-C'd stock ollama pull mid large blob, then haul pull: <= 1.25x the model fetched, no partial files left, ollama list accepts it", async () => {
+  const source = await tmpDir("haul-adopt-src");
+  const models = await tmpDir("haul-adopt-models");
+  // One blob of ~210 MB (Ollama cuts it into 100 MB parts), a template and a license (a
+  // params layer of fixture bytes would not be JSON, which `ollama show` decodes).
+  const fx = makeOllamaModel({ layerSizes: [210_000_017, 500, 7000], seed: 163 });
+  const size = fx.blobs.reduce((n, b) => n + b.size, 0);
+  await storeFixture(source, { repository: "library/adopt" }, fx);
+  const serve = await startServe(source);
+  const proxy = await startFaultProxy(serve.url, {
+    rule: (req) => req.url.includes("/blobs/") ? { rateBytesPerSec: 40e6 } : undefined,
+  });
+  const ollama = await startOllama({ models });
+  try {
+    const name = `${proxy.host}/library/adopt:latest`;
+    const r1 = await runOllama(ollama, ["pull", "--insecure", name], { interruptAfterMs: 2500 });
+    assert.notEqual(r1.code, 0, "the ollama pull was interrupted");
+    const blobs = path.join(models, "blobs");
+    // Ollama's server stops the download when its last client goes and records its parts.
+    for (let i = 0; i < 100 && !(await ollamaGlobMatches(models)).length; i++) await sleep(50);
+    assert.ok((await ollamaGlobMatches(models)).length > 0, "Ollama left its part files");
+    await sleep(3500); // haul leaves alone a partial file written within the last 3 s
+    const r = await runCli(["pull", "--insecure", "--quiet", "--models", models, name], {
+      timeoutMs: 120_000,
+    });
+    assert.equal(r.code, 0, r.stderr);
+    for (const b of fx.blobs) {
+      const file = path.join(blobs, b.digest.replace(":", "-"));
+      assert.equal(`sha256:${await sha256File(file)}`, b.digest, `${b.digest} content`);
+    }
+    const fetched = proxy.bytesOut(/\/blobs\//);
+    assert.ok(fetched <= 1.25 * size, `fetched ${fetched} bytes for a ${size}-byte model`);
+    const left = (await fsp.readdir(blobs)).filter((n) => n.includes("partial"));
+    assert.deepEqual(left, [], "no partial files left in blobs/");
+    const list = await runOllama(ollama, ["list"]);
+    assert.match(list.stdout, /library\/adopt:latest/, list.stdout + list.stderr);
+    // `ollama show` parses the model layer as GGUF ("invalid file magic" on fixture bytes):
+    // the list, its digest and the blobs' content are what is checked here.
+    const tags = await ollamaTags(ollama);
+    const tag = tags.find((t) => t.name.endsWith("library/adopt:latest"));
+    assert.ok(tag, JSON.stringify(tags));
+    assert.equal(`sha256:${tag.digest}`, fx.manifestDigest);
+  } finally {
+    await ollama.stop();
     await proxy.stop();
     await serve.stop();
     await fx.cleanup?.();
