@@ -389,7 +389,7 @@ export async function startOllamaRegistry(
     q: URLSearchParams,
     search: string,
   ) => {
-    if (rest === "" && req.method === "POST") return startUpload(req, res, name, search);
+    if (rest === "" && req.method === "POST") return await startUpload(req, res, name, search);
     if (!mayPush(req, name)) {
       req.resume();
       return unauthorized(res, name, "pull,push");
@@ -433,7 +433,7 @@ export async function startOllamaRegistry(
     }
     if (r.kind === "manifests") return manifests(req, res, r.name, r.rest);
     if (r.kind === "blobs") return blobs(req, res, r.name, r.rest);
-    return uploadsRoute(req, res, r.name, r.rest, u.searchParams, u.search);
+    return await uploadsRoute(req, res, r.name, r.rest, u.searchParams, u.search);
   };
 
   const storage = async (req: http.IncomingMessage, res: http.ServerResponse) => {
