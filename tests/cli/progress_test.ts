@@ -244,6 +244,7 @@ Deno.test("TtyRenderer leaves room after the last line for the ^C a terminal ech
     clock.set(t);
     r.handle(progress(A, 200e6, t * 23e3)); // 23 MB/s: size, speed and ETA columns all shown
   }
+  // deno-lint-ignore no-control-regex
   const frame = out.at(-1)!.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "");
   const lines = frame.split(/\r|\n/).filter((l) => l.length > 0);
   assert.ok(lines.some((l) => /\/200 MB +23 MB\/s +4s$/.test(l)), frame);
