@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: the real peers the tests run against.
 declare -A pkg_for=([docker-registry]=docker-registry [htpasswd]=apache2-utils [openssl]=openssl
-  [skopeo]=skopeo [curl]=curl [nginx]=nginx-light [aria2c]=aria2 [tinyproxy]=tinyproxy)
+  [skopeo]=skopeo [curl]=curl [nginx]=nginx-light [aria2c]=aria2 [tinyproxy]=tinyproxy
+  [ssh-keygen]=openssh-client)
 missing=()
 for cmd in "${!pkg_for[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${pkg_for[$cmd]}")
