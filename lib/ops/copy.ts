@@ -13,7 +13,6 @@ import {
 } from "../errors.ts";
 import { type Blob, imageBlobs, type ImageManifest, parseManifest } from "../registry/manifest.ts";
 import type { OnProgress } from "../progress_events.ts";
-import { formatReference } from "../registry/reference.ts";
 import { errorFromResponse } from "../registry/client.ts";
 import {
   backoffDelay,
@@ -32,7 +31,7 @@ import {
   type UploadTuning,
 } from "../upload/upload.ts";
 import { resolveReference } from "./pull.ts";
-import { baseOf, manifestRefFor, type PushResult } from "./push_common.ts";
+import { baseOf, manifestRefFor, pushed, type PushResult } from "./push_common.ts";
 
 export interface CopyOptions extends ConnectionOptions, UploadTuning {
   /** Allow plain http for both references. @default false */
@@ -121,15 +120,7 @@ export async function copy(
     children,
     manifestRef,
   );
-  options.onEvent?.({ type: "success", ref: formatReference(target) });
-  return {
-    ...res,
-    source,
-    dest: target,
-    name: formatReference(target),
-    manifestDigest: res.manifestDigest ?? top.digest,
-    blobs,
-  };
+  return pushed(options, res, { source, dest: target, digest: top.digest, blobs });
 }
 
 interface RemoteReaderOptions {

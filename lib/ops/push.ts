@@ -12,13 +12,14 @@ import { ManifestError, NotFoundError, UsageError } from "../errors.ts";
 import { manifestBlobs, parseManifest } from "../registry/manifest.ts";
 import { resolveReference } from "./pull.ts";
 import { pushFromLayout } from "./push_oci.ts";
-import { baseOf, manifestRefFor, type PushOptions, type PushResult } from "./push_common.ts";
 import {
-  formatReference,
-  parseReference,
-  type Reference,
-  shortName,
-} from "../registry/reference.ts";
+  baseOf,
+  manifestRefFor,
+  pushed,
+  type PushOptions,
+  type PushResult,
+} from "./push_common.ts";
+import { parseReference, type Reference, shortName } from "../registry/reference.ts";
 import { createSession } from "../registry/session.ts";
 import { defaultModelsDir, OllamaStore } from "../store/ollama.ts";
 import { openStoreBlob } from "../disk/blob_file.ts";
@@ -112,15 +113,7 @@ export async function push(
   const mine = (ledger[baseOf(target)] ??= {});
   for (const b of blobs) mine[b.digest] ??= target.repository;
   await writePushLedger(store.root, ledger);
-  options.onEvent?.({ type: "success", ref: formatReference(target) });
-  return {
-    ...res,
-    source,
-    dest: target,
-    name: formatReference(target),
-    manifestDigest: res.manifestDigest ?? digest,
-    blobs,
-  };
+  return pushed(options, res, { source, dest: target, digest, blobs });
 }
 
 /** `{ "<scheme://host>": { "<digest>": "<repository>" } }`: where pushes left each blob. */

@@ -43,6 +43,26 @@ export interface PushResult extends UploadResult {
   blobs: Descriptor[];
 }
 
+/**
+ * Ends a push, copy or layout push: the `success` event, then the result, whose manifest
+ * digest is what the upload reports, else the manifest's own (`digest`).
+ */
+export function pushed(
+  options: Pick<PushOptions, "onEvent">,
+  res: UploadResult,
+  at: { source: Reference; dest: Reference; digest: string; blobs: Descriptor[] },
+): PushResult {
+  options.onEvent?.({ type: "success", ref: formatReference(at.dest) });
+  return {
+    ...res,
+    source: at.source,
+    dest: at.dest,
+    name: formatReference(at.dest),
+    manifestDigest: res.manifestDigest ?? at.digest,
+    blobs: at.blobs,
+  };
+}
+
 /** `scheme://host` of a reference. */
 export function baseOf(ref: Reference): string {
   return `${ref.scheme}://${ref.host}`;

@@ -14,7 +14,7 @@ import {
   type IndexManifest,
   parseManifest,
 } from "../registry/manifest.ts";
-import type { PushOptions, PushResult } from "./push_common.ts";
+import { pushed, type PushOptions, type PushResult } from "./push_common.ts";
 import { formatReference, type Reference } from "../registry/reference.ts";
 import { createSession } from "../registry/session.ts";
 import { OciLayout } from "../store/oci_layout.ts";
@@ -91,15 +91,7 @@ export async function pushFromLayout(
     children,
     manifestRef,
   );
-  options.onEvent?.({ type: "success", ref: formatReference(target) });
-  return {
-    ...res,
-    source,
-    dest: target,
-    name: formatReference(target),
-    manifestDigest: res.manifestDigest ?? digest,
-    blobs,
-  };
+  return pushed(options, res, { source, dest: target, digest, blobs });
 }
 
 /** Reads a manifest or index blob (digest checked) and checks it against its descriptor. */

@@ -60,11 +60,6 @@ export class OllamaStore {
     return join(this.partialDir, `${digestToFileName(digest)}-partial`);
   }
 
-  /** Where stock Ollama downloads `digest` (`-partial`, plus `-partial-<n>` part files). */
-  ollamaPartialPath(digest: string): string {
-    return this.blobPath(digest) + "-partial";
-  }
-
   manifestPath(ref: Reference): string {
     const parts = [ref.host, ...ref.repository.split("/"), manifestTag(ref)];
     for (const p of parts) {
