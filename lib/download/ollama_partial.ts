@@ -10,7 +10,7 @@
 import { readdir, readFile, rename, rm, stat } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { BlobJob } from "./blob_job.ts";
-import { planJob } from "./plan_parts.ts";
+import type { Part } from "./plan_parts.ts";
 import { saveState, type State } from "./partial_file.ts";
 
 /** Ollama writes its partial file as bytes land: one touched this recently may be in use. */
@@ -49,19 +49,22 @@ async function readOllamaParts(job: BlobJob): Promise<
   return { files: names.map((n) => join(dir, n)), parts };
 }
 
-/** How many bytes of [offset, offset+size) Ollama's parts claim as a prefix. */
-function claimedPrefix(parts: OllamaPart[], offset: number, size: number): number {
-  let pos = offset;
-  const end = offset + size;
+/**
+ * haul's resume parts from Ollama's: each part's completed bytes are one done part, the
+ * rest of it is cut into `partSize` parts to fetch. Following Ollama's own boundaries,
+ * not haul's plan, keeps what Ollama already wrote past a gap (a plan part straddling a
+ * gap would fetch again everything after it). Adopted parts carry no chunk digest: the
+ * whole-blob SHA-256 decides.
+ */
+function partsFromOllama(parts: OllamaPart[], partSize: number): Part[] {
+  const out: Part[] = [];
   for (const p of parts) {
-    if (p.Offset + p.Size <= pos) continue;
-    if (p.Offset > pos) break;
-    const have = p.Offset + p.Completed;
-    if (have <= pos) break;
-    pos = Math.min(have, end);
-    if (pos >= end || have < p.Offset + p.Size) break;
+    if (p.Completed > 0) out.push({ offset: p.Offset, size: p.Completed, done: p.Completed });
+    for (let at = p.Offset + p.Completed; at < p.Offset + p.Size; at += partSize) {
+      out.push({ offset: at, size: Math.min(partSize, p.Offset + p.Size - at), done: 0 });
+    }
   }
-  return pos - offset;
+  return out;
 }
 
 /**
@@ -80,11 +83,7 @@ export async function adoptOllamaPartial(job: BlobJob, partSize: number): Promis
   const found = await readOllamaParts(job);
   if (!found) return false;
   await rename(src, job.partialPath);
-  const parts = planJob(job, partSize).map((p) => {
-    const done = claimedPrefix(found.parts, p.offset, p.size);
-    // A chunk part is verified by its chunksum as its last byte lands: leave one to fetch.
-    return { ...p, done: p.digest && done === p.size ? done - 1 : done };
-  });
+  const parts = partsFromOllama(found.parts, partSize);
   const st: State = { version: 1, digest: job.digest, size: job.size, parts };
   await saveState(job, st);
   for (const f of found.files) await rm(f, { force: true }).catch(() => {});
