@@ -507,6 +507,10 @@ async function runTransferCell(
     ? await env.dockerConfig(front.host)
     : undefined;
   const cliEnv: Record<string, string> = docker ? { DOCKER_CONFIG: docker } : {};
+  // Each push gets its own store, hard-linked from the shared one (same blob files, so the
+  // source-intact check still reads them): the push ledger (.haul/pushed.json) another cell
+  // wrote would turn this cell's upload into a mount, which no upload fault can touch.
+  const cellStore = op === "push" ? await linkedStore(shared.sourceStore) : undefined;
   const dest = op === "push"
     ? `${front.host}/${repo}:latest`
     : `${shared.copyDest.host}/${repo}:latest`;
@@ -516,7 +520,7 @@ async function runTransferCell(
       "--insecure",
       "--quiet",
       "--models",
-      shared.sourceStore,
+      cellStore!,
       "--chunk-size",
       PART,
       "--retries",
@@ -576,7 +580,7 @@ async function runTransferCell(
     fails.push(...(row.check?.(ctx) ?? []));
     if (op === "push") {
       fails.push(
-        ...(await storeProblems(shared.sourceStore, fx.blobs)).map((p) => `source store: ${p}`),
+        ...(await storeProblems(cellStore!, fx.blobs)).map((p) => `source store: ${p}`),
       );
     }
     if (r.code !== 0 && !r.timedOut) {
@@ -824,6 +828,23 @@ async function pool<T>(tasks: { lane?: string; run: () => Promise<T> }[], n: num
 async function pushAvailable(): Promise<boolean> {
   const r = await runCli(["push", "--help"], { timeoutMs: 30_000 });
   return r.code === 0;
+}
+
+/** A copy of the store at `src` whose files are hard links (no .haul/ state). */
+async function linkedStore(src: string): Promise<string> {
+  const dst = await tmpDir("haul-fault-cell-store");
+  for (const top of ["blobs", "manifests"]) {
+    for (const rel of await fsp.readdir(path.join(src, top), { recursive: true })) {
+      const from = path.join(src, top, rel);
+      const to = path.join(dst, top, rel);
+      if ((await fsp.stat(from)).isDirectory()) await fsp.mkdir(to, { recursive: true });
+      else {
+        await fsp.mkdir(path.dirname(to), { recursive: true });
+        await fsp.link(from, to);
+      }
+    }
+  }
+  return dst;
 }
 
 Deno.test({
