@@ -63,6 +63,13 @@ export const COMMAND_SPECS: readonly CommandSpec[] = [
         complete: "file",
       },
       {
+        name: "key",
+        arg: "FILE",
+        help:
+          "Ollama key to sign token requests with (default $HAUL_OLLAMA_KEY, ~/.ollama/id_ed25519)",
+        complete: "file",
+      },
+      {
         name: "concurrency",
         arg: "N",
         help: "simultaneous transfers, blobs and parts (default 24)",
@@ -120,6 +127,13 @@ export const COMMAND_SPECS: readonly CommandSpec[] = [
       },
       { name: "insecure", help: "allow plain http (and http:// references)" },
       { name: "from", arg: "REPO", help: "repository on DEST's registry to mount blobs from" },
+      {
+        name: "key",
+        arg: "FILE",
+        help:
+          "Ollama key to sign token requests with (default $HAUL_OLLAMA_KEY, ~/.ollama/id_ed25519)",
+        complete: "file",
+      },
       { name: "concurrency", arg: "N", help: "blobs uploading at once (default 8)" },
       {
         name: "chunk-size",

@@ -78,6 +78,7 @@ export const pullCommand: Command = async (args, signal) => {
       insecure: flag("insecure"),
       insecureTls: flag("insecure"),
       caCerts,
+      keyFile: str("key"),
       concurrency: parseNumber(str("concurrency"), "--concurrency", 1),
       partSize: str("part-size") === undefined
         ? undefined

@@ -21,6 +21,9 @@ Options:
   --insecure          allow plain http (and http:// references)
   --from REPO         repository on DEST's registry to mount blobs from
                       (default REF's repository when REF and DEST share a registry)
+  --key FILE          Ollama key to sign token requests with (default
+                      $HAUL_OLLAMA_KEY, ~/.ollama/id_ed25519); naming one also
+                      sends parts as Ollama's registry takes them (redirected)
   --concurrency N     blobs uploading at once (default 8)
   --chunk-size SIZE   bytes per upload request, e.g. 64M (default: blobs up to
                       16M in one request, larger ones streamed in 256M requests)
@@ -29,8 +32,13 @@ Options:
   --quiet, -q         print nothing but errors
   -h, --help          this help
 
+Pushing to Ollama's registry (ollama.com) signs the token request with the
+Ollama key, as ollama push does; add its public half (~/.ollama/id_ed25519.pub)
+on ollama.com, and push under a namespace it owns (USER/MODEL).
+
 Examples:
   haul push --insecure 127.0.0.1:5000/library/tiny
+  haul push myuser/mymodel:q4
   haul push --insecure llama3.2 127.0.0.1:5000/library/llama3.2:latest
   haul push --json myuser/mymodel:q4 | jq .status
   haul push --oci ./layout 127.0.0.1:5000/team/app:1.2`;
@@ -93,6 +101,7 @@ export const pushCommand: Command = async (args, signal) => {
       models: { type: "string" },
       oci: { type: "string" },
       from: { type: "string" },
+      key: { type: "string" },
     },
   });
   if (values.help) {
@@ -116,6 +125,7 @@ export const pushCommand: Command = async (args, signal) => {
       modelsDir: values.models,
       ociLayout: values.oci,
       from: values.from,
+      keyFile: values.key,
       onEvent: (e: ProgressEvent) => progress.renderer.handle(e),
       signal,
     });

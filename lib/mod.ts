@@ -85,6 +85,16 @@ export { DEFAULT_MIN_AGE } from "./store/scan.ts";
 export type { StoredModel } from "./store/scan.ts";
 export { formatAge, listModels } from "./store/list.ts";
 export { ollamaAlias } from "./store/catalog.ts";
+export {
+  findOllamaKey,
+  isOllamaRegistryHost,
+  keyCandidates,
+  OLLAMA_KEY_ENV,
+  parseOpenSshKey,
+  signOllamaRequest,
+} from "./auth/ollama_key.ts";
+export type { FindKeyOptions, OllamaKey } from "./auth/ollama_key.ts";
+export { OLLAMA_PART_PLAN, ollamaEtag, ollamaParts } from "./upload/redirected.ts";
 export type { ListOptions } from "./store/list.ts";
 export { removeModels } from "./store/remove.ts";
 export type { RemoveOptions, RemoveResult } from "./store/remove.ts";

@@ -4,8 +4,8 @@
  */
 
 export type ProgressEvent =
-  /** Resolving a reference: Ollama's "pulling manifest". */
-  | { type: "manifest"; ref: string }
+  /** Resolving a reference: Ollama's "pulling manifest" (push: "retrieving manifest"). */
+  | { type: "manifest"; ref: string; op?: "pull" | "push" }
   /** A blob is known; `completed` is what is already on disk (credited up front). */
   | { type: "blob-start"; op: "pull" | "push"; digest: string; total: number; completed: number }
   /** Bytes moved for a blob. `completed` may go down when a failed attempt is discarded. */

@@ -39,7 +39,8 @@ export class PlainRenderer implements Renderer {
     switch (e.type) {
       case "manifest":
         if (this.#state.rows.length > rowsBefore) {
-          this.#line(e.ref ? `pulling manifest for ${e.ref}` : "pulling manifest");
+          const what = e.op === "push" ? "retrieving manifest" : "pulling manifest";
+          this.#line(e.ref ? `${what} for ${e.ref}` : what);
         }
         return;
       case "success":

@@ -68,7 +68,7 @@ const MIN_SPEED_SPAN_MS = 1000;
 export function phaseStatus(event: ProgressEvent): string | undefined {
   switch (event.type) {
     case "manifest":
-      return "pulling manifest";
+      return event.op === "push" ? "retrieving manifest" : "pulling manifest";
     case "verify":
       return "verifying sha256 digest";
     case "manifest-write":

@@ -7,6 +7,7 @@
  */
 import { type Challenge, parseChallenges, pickChallenge } from "./challenge.ts";
 import { type Credential, loadCredential } from "./credentials.ts";
+import { fetchOllamaToken, type OllamaKey } from "./ollama_key.ts";
 import { AuthError, redactUrl } from "../errors.ts";
 import { type Fetch, ReplayNeeded, SEND_ONCE } from "../transport/fetch.ts";
 
@@ -30,6 +31,12 @@ export interface AuthenticatorOptions {
   token?: string;
   /** Replaces the built-in token request. */
   getToken?: (challenge: AuthChallenge, signal?: AbortSignal) => Promise<string>;
+  /**
+   * Finds the Ollama key (called once, at the first Bearer challenge whose realm is on the
+   * registry's own host): with a key, token requests are signed as Ollama signs them
+   * (lib/auth/ollama_key.ts); without one they go as usual (anonymous or credentialed).
+   */
+  ollamaKey?: () => Promise<OllamaKey | undefined>;
 }
 
 interface Token {
@@ -48,6 +55,11 @@ export class Authenticator {
   #inflight?: Promise<Token>;
   #basic = false;
   #lastBearer?: Challenge;
+  #ollamaKey?: Promise<OllamaKey | undefined>;
+  /** The Ollama key the last token request was signed with, if any. */
+  signedWith?: OllamaKey;
+  /** An Ollama key was looked for and none was found. */
+  noOllamaKey = false;
 
   constructor(options: AuthenticatorOptions) {
     this.#opts = options;
@@ -156,6 +168,21 @@ export class Authenticator {
     if (this.#opts.getToken) {
       const value = await this.#opts.getToken({ realm, service, scope: scopes.join(" ") }, signal);
       return { value, expiresAt: Infinity };
+    }
+    if (this.#opts.ollamaKey && realmUrl.host.toLowerCase() === this.host) {
+      const key = await (this.#ollamaKey ??= this.#opts.ollamaKey());
+      this.noOllamaKey = key === undefined;
+      if (key) {
+        const scope = scopes.join(" ");
+        const value = await fetchOllamaToken(
+          key,
+          this.#opts.fetch,
+          { realm, service, scope },
+          signal,
+        );
+        this.signedWith = key;
+        return { value, expiresAt: Infinity };
+      }
     }
     const url = new URL(realmUrl);
     if (service) url.searchParams.set("service", service);

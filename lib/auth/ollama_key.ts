@@ -9,9 +9,9 @@ import * as crypto from "node:crypto";
 import * as fs from "node:fs/promises";
 import * as path from "node:path";
 import { Buffer } from "node:buffer";
+import process from "node:process";
 import { AuthError } from "../errors.ts";
 import type { Fetch } from "../transport/fetch.ts";
-import type { AuthChallenge } from "./authenticator.ts";
 
 /** The environment variable naming a key file (after `--key`, before the default places). */
 export const OLLAMA_KEY_ENV = "HAUL_OLLAMA_KEY";
@@ -29,7 +29,7 @@ export interface OllamaKey {
 export interface FindKeyOptions {
   /** `--key FILE`. */
   keyFile?: string;
-  /** Default `Deno.env`-like lookup of OLLAMA_KEY_ENV and HOME. */
+  /** Where OLLAMA_KEY_ENV and HOME are read. @default process.env */
   env?: Record<string, string | undefined>;
 }
 
@@ -123,7 +123,7 @@ export function keyCandidates(opts: FindKeyOptions = {}): string[] {
 }
 
 function envOf(opts: FindKeyOptions): Record<string, string | undefined> {
-  return opts.env ?? { [OLLAMA_KEY_ENV]: Deno.env.get(OLLAMA_KEY_ENV), HOME: Deno.env.get("HOME") };
+  return opts.env ?? process.env;
 }
 
 /** Finds and reads the key; undefined when none exists (an explicit one that is missing throws). */
@@ -165,44 +165,75 @@ export function ollamaTokenUrl(realm: string, service: string, scopes: string[])
   return u.toString();
 }
 
+/** Hosts of Ollama's own registry, where haul looks for the key unasked. */
+export function isOllamaRegistryHost(host: string): boolean {
+  const h = host.toLowerCase().replace(/:\d+$/, "");
+  return h === "registry.ollama.ai" || h === "ollama.com" || h.endsWith(".ollama.com") ||
+    h.endsWith(".ollama.ai");
+}
+
+/**
+ * Whether a session for `host` signs its token requests with an Ollama key: always on Ollama's
+ * own hosts, elsewhere only when a key was named (`--key`, HAUL_OLLAMA_KEY, or a key object).
+ */
+export function wantsOllamaKey(
+  host: string,
+  opts: FindKeyOptions & { ollamaKey?: OllamaKey },
+): boolean {
+  return opts.ollamaKey !== undefined || opts.keyFile !== undefined ||
+    envOf(opts)[OLLAMA_KEY_ENV] !== undefined || isOllamaRegistryHost(host);
+}
+
 /** The message for a push without a key. */
-export function noKeyMessage(): string {
-  return `No Ollama key found (looked in ${keyCandidates().join(", ")}). Create one with ` +
+export function noKeyMessage(opts: FindKeyOptions = {}): string {
+  return `No Ollama key found (looked in ${keyCandidates(opts).join(", ")}). Create one with ` +
     `ssh-keygen -t ed25519 -f ~/.ollama/id_ed25519 -N "" (or start ollama serve once), add its ` +
     `.pub on ollama.com, or point at one with --key FILE or ${OLLAMA_KEY_ENV}.`;
 }
 
 /**
- * A token source for the Authenticator's `getToken`: the realm GET signed with `key`, as
- * server/auth.go getAuthorizationToken does; a refusal names the key and its public half.
+ * A token for `challenge` (realm, service, space-separated scopes) from the realm GET signed
+ * with `key`, as server/auth.go getAuthorizationToken does; a refusal names the key and its
+ * public half.
  */
+export async function fetchOllamaToken(
+  key: OllamaKey,
+  fetch: Fetch,
+  challenge: { realm: string; service?: string; scope?: string },
+  signal?: AbortSignal,
+): Promise<string> {
+  const url = ollamaTokenUrl(
+    challenge.realm,
+    challenge.service ?? "",
+    (challenge.scope ?? "").split(" ").filter(Boolean),
+  );
+  const res = await fetch(
+    new Request(url, { headers: { authorization: signOllamaRequest(key, url) }, signal }),
+  );
+  const text = await res.text();
+  if (!res.ok) {
+    throw new AuthError(
+      `The registry refused the Ollama key ${key.path} (HTTP ${res.status}); ` +
+        `add this public key on ollama.com (Settings, Keys): ${key.publicKey}`,
+    );
+  }
+  let token: unknown;
+  try {
+    token = (JSON.parse(text) as { token?: unknown }).token;
+  } catch {
+    throw new AuthError(`Token response from ${new URL(url).host} is not JSON`);
+  }
+  if (typeof token !== "string" || !token) throw new AuthError("Token response has no token");
+  return token;
+}
+
+/** {@link fetchOllamaToken} as a `getToken` source for the Authenticator. */
 export function ollamaTokenSource(
   key: OllamaKey,
   fetch: Fetch,
-): (challenge: AuthChallenge, signal?: AbortSignal) => Promise<string> {
-  return async (ch, signal) => {
-    const url = ollamaTokenUrl(
-      ch.realm,
-      ch.service ?? "",
-      (ch.scope ?? "").split(" ").filter(Boolean),
-    );
-    const res = await fetch(
-      new Request(url, { headers: { authorization: signOllamaRequest(key, url) }, signal }),
-    );
-    const text = await res.text();
-    if (!res.ok) {
-      throw new AuthError(
-        `The registry refused the Ollama key ${key.path} (HTTP ${res.status}); ` +
-          `add this public key on ollama.com (Settings, Keys): ${key.publicKey}`,
-      );
-    }
-    let token: unknown;
-    try {
-      token = (JSON.parse(text) as { token?: unknown }).token;
-    } catch {
-      throw new AuthError(`Token response from ${new URL(url).host} is not JSON`);
-    }
-    if (typeof token !== "string" || !token) throw new AuthError("Token response has no token");
-    return token;
-  };
+): (
+  challenge: { realm: string; service?: string; scope?: string },
+  signal?: AbortSignal,
+) => Promise<string> {
+  return (ch, signal) => fetchOllamaToken(key, fetch, ch, signal);
 }

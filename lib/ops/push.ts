@@ -8,7 +8,9 @@ import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
 import { isDigest, Sha256 } from "../digest.ts";
-import { ManifestError, NotFoundError, UsageError } from "../errors.ts";
+import { AuthError, ManifestError, NotFoundError, RegistryError, UsageError } from "../errors.ts";
+import { isOllamaRegistryHost, noKeyMessage } from "../auth/ollama_key.ts";
+import type { Session } from "../registry/session.ts";
 import { manifestBlobs, parseManifest } from "../registry/manifest.ts";
 import { resolveReference } from "./pull.ts";
 import { pushFromLayout } from "./push_oci.ts";
@@ -19,7 +21,12 @@ import {
   type PushOptions,
   type PushResult,
 } from "./push_common.ts";
-import { parseReference, type Reference, shortName } from "../registry/reference.ts";
+import {
+  formatReference,
+  parseReference,
+  type Reference,
+  shortName,
+} from "../registry/reference.ts";
 import { createSession } from "../registry/session.ts";
 import { defaultModelsDir, OllamaStore } from "../store/ollama.ts";
 import { openStoreBlob } from "../disk/blob_file.ts";
@@ -57,6 +64,7 @@ export async function push(
     return await pushFromLayout(source, target, { ...options, ociLayout: options.ociLayout });
   }
   const store = new OllamaStore(options.modelsDir ?? defaultModelsDir());
+  options.onEvent?.({ type: "manifest", ref: formatReference(source), op: "push" });
   const bytes = await store.readManifest(source);
   if (!bytes) {
     throw new NotFoundError(
@@ -97,6 +105,7 @@ export async function push(
   };
   const res = await upload({
     ...options,
+    redirectUploads: options.redirectUploads ?? redirects(target.host, options),
     blobs: blobs.map((b) => {
       const src = mountFrom(b.digest);
       return src ? { digest: b.digest, size: b.size, from: src } : b;
@@ -109,11 +118,40 @@ export async function push(
     manifestRef,
     manifestMediaType: doc.mediaType,
     session,
+  }).catch((err) => {
+    throw refusal(err, session, target, options);
   });
   const mine = (ledger[baseOf(target)] ??= {});
   for (const b of blobs) mine[b.digest] ??= target.repository;
   await writePushLedger(store.root, ledger);
   return pushed(options, res, { source, dest: target, digest, blobs });
+}
+
+/** Ollama's registry, or a registry an Ollama key was named for, gets redirected parts. */
+function redirects(host: string, options: PushOptions): boolean {
+  return isOllamaRegistryHost(host) || options.keyFile !== undefined ||
+    options.ollamaKey !== undefined;
+}
+
+/**
+ * A push the registry refused (401/403) after an Ollama key signed the token, or when none
+ * was found: one line saying which key, and what to do.
+ */
+function refusal(err: unknown, session: Session, target: Reference, options: PushOptions) {
+  if (!(err instanceof RegistryError) || (err.status !== 401 && err.status !== 403)) return err;
+  const where = `${target.host}/${target.repository}`;
+  const key = session.auth.signedWith;
+  if (key) {
+    return new AuthError(
+      `Not allowed to push to ${where} with the Ollama key ${key.path}: push under a namespace ` +
+        `this key owns, or add its public key on ollama.com (Settings, Keys): ${key.publicKey}`,
+      { cause: err },
+    );
+  }
+  if (session.auth.noOllamaKey) {
+    return new AuthError(`Cannot push to ${where}: ${noKeyMessage(options)}`, { cause: err });
+  }
+  return err;
 }
 
 /** `{ "<scheme://host>": { "<digest>": "<repository>" } }`: where pushes left each blob. */

@@ -25,6 +25,11 @@ export interface PushOptions extends ConnectionOptions, UploadTuning {
    * @default REF's repository when REF and DEST are on the same registry, else none
    */
   from?: string;
+  /**
+   * Send parts as Ollama's registry takes them (lib/upload/redirected.ts).
+   * @default true for registry.ollama.ai / ollama.com and when `keyFile` or `ollamaKey` is given
+   */
+  redirectUploads?: boolean;
   onEvent?: OnProgress;
   signal?: AbortSignal;
 }

@@ -112,13 +112,15 @@ export class SourceSet {
       mirror: false,
       session: options.originSession ?? createSession(originBase, scopes, options),
     };
-    // Credentials given for the origin never go to a mirror: a mirror gets what Docker's
-    // config.json holds for its own host.
+    // Credentials (and the Ollama key) given for the origin never go to a mirror: a mirror
+    // gets what Docker's config.json holds for its own host.
     const mirrorOptions: ConnectionOptions = {
       ...options,
       credential: undefined,
       token: undefined,
       getToken: undefined,
+      ollamaKey: undefined,
+      keyFile: undefined,
       retry: mirrorRetry(options.retry),
     };
     this.mirrors = (options.mirrors ?? []).filter((m) => m !== originBase).map((base) => ({

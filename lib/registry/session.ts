@@ -4,7 +4,7 @@
  */
 import { type AuthChallenge, Authenticator } from "../auth/authenticator.ts";
 import type { Credential } from "../auth/credentials.ts";
-import { type OllamaKey, ollamaTokenSource } from "../auth/ollama_key.ts";
+import { findOllamaKey, type OllamaKey, wantsOllamaKey } from "../auth/ollama_key.ts";
 import { RegistryClient } from "./client.ts";
 import type { RetryPolicy } from "../transport/retry.ts";
 import {
@@ -30,10 +30,17 @@ export interface ConnectionOptions {
   /** Credentials; default: Docker's config.json for the host. `null` for none. */
   credential?: Credential | null;
   /**
-   * An Ollama key (lib/auth/ollama_key.ts findOllamaKey): Bearer tokens are then fetched with
-   * Ollama's signed request (server/auth.go) unless `getToken` is given.
+   * An Ollama key (lib/auth/ollama_key.ts findOllamaKey): Bearer tokens from a realm on the
+   * registry's own host are then fetched with Ollama's signed request (server/auth.go) unless
+   * `getToken` is given.
+   * @default found by findOllamaKey when `keyFile` or $HAUL_OLLAMA_KEY names one, or the
+   * registry is Ollama's (registry.ollama.ai, ollama.com); else none
    */
   ollamaKey?: OllamaKey;
+  /** The Ollama key file to sign with (`--key`). @default see `ollamaKey` */
+  keyFile?: string;
+  /** Where $HAUL_OLLAMA_KEY and $HOME are read when looking for the key. @default process.env */
+  env?: Record<string, string | undefined>;
   /** Extra CA certificates (PEM). */
   caCerts?: string[];
   /** Skip TLS certificate checks (Bun only; see lib/transport/fetch.ts). @default false */
@@ -76,8 +83,10 @@ export function createSession(
     scopes,
     credential: options.credential,
     token: options.token,
-    getToken: options.getToken ??
-      (options.ollamaKey ? ollamaTokenSource(options.ollamaKey, tokenFetch) : undefined),
+    getToken: options.getToken,
+    ollamaKey: wantsOllamaKey(host, options)
+      ? () => options.ollamaKey ? Promise.resolve(options.ollamaKey) : findOllamaKey(options)
+      : undefined,
   });
   const fetch = withUserAgent(withRedirects(withAuth(retried, auth)), userAgent);
   return { fetch, auth, client: new RegistryClient({ baseUrl, fetch }) };

@@ -177,6 +177,8 @@ const REDIRECTS = new Set([301, 302, 303, 307, 308]);
  */
 export function withRedirects(next: Fetch, max = 10): Fetch {
   return async (req) => {
+    // The caller reads the redirect itself (Ollama's redirected upload parts).
+    if (req.redirect === "manual") return await next(req);
     let current = req;
     const first = new URL(req.url).origin;
     for (let hop = 0;; hop++) {

@@ -1,12 +1,13 @@
 /**
  * One blob's push, step by step: check (HEAD), resume a saved session or try the
- * mount / open a session (POST), send the bytes (one PUT, or PATCH chunks and commit).
+ * mount / open a session (POST), send the bytes (one PUT, PATCH chunks and commit, or
+ * Ollama's redirected parts and commit).
  */
 import type { Blob } from "../registry/manifest.ts";
-import { checkBlob } from "./check.ts";
 import { sendChunked } from "./chunked.ts";
 import type { UploadContext } from "./context.ts";
-import { mountBlob, type MountResult } from "./mount.ts";
+import { checkBlob, mountBlob, type MountResult } from "./mount.ts";
+import { sendRedirected } from "./redirected.ts";
 import { sendWhole } from "./send.ts";
 import { openSession, resumeSession, type SessionPlace } from "./session.ts";
 import { uploadStatePath } from "./state.ts";
@@ -48,7 +49,14 @@ export async function uploadBlob(ctx: UploadContext, b: Blob): Promise<void> {
 
   const reader = await ctx.openBlob(b, ctx.signal);
   try {
-    if (!large && !resumed) {
+    if (ctx.redirectUploads && (!resumed || resumed.parts)) {
+      await sendRedirected(ctx, b, reader, {
+        location: at.location,
+        done: resumed?.parts ?? [],
+        resumed: resumed !== undefined,
+        statePath,
+      });
+    } else if (!large && !resumed) {
       await sendWhole(ctx, b, at.location, reader);
     } else {
       await sendChunked(ctx, b, reader, { ...at, resumed: resumed !== undefined, statePath });

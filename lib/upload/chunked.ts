@@ -7,9 +7,9 @@ import type { BlobReader } from "../disk/blob_file.ts";
 import { IntegrityError } from "../errors.ts";
 import type { Blob } from "../registry/manifest.ts";
 import { ReplayNeeded } from "../transport/fetch.ts";
-import { checkBlob } from "./check.ts";
 import { commitBlob } from "./commit.ts";
 import type { UploadContext } from "./context.ts";
+import { checkBlob } from "./mount.ts";
 import {
   garbledInTransit,
   isDigestInvalid,

@@ -9,15 +9,18 @@ import { OCTET, withDigest } from "./target.ts";
 
 /**
  * Closes the session at `location` with `PUT ?digest=`, sending `data` as the (last)
- * body when given; checks the digest the registry says it stored.
+ * body when given; checks the digest the registry says it stored. `etag` is added to the
+ * query after the digest when given (Ollama's redirected parts: redirected.ts).
  */
 export async function commitBlob(
   ctx: UploadContext,
   b: Blob,
   location: string,
   data?: Uint8Array,
+  etag?: string,
 ): Promise<void> {
-  const url = withDigest(location, b.digest);
+  let url = withDigest(location, b.digest);
+  if (etag !== undefined) url += `&etag=${encodeURIComponent(etag)}`;
   const step = data
     ? `sending ${b.digest} in one PUT (${data.byteLength} bytes)`
     : `committing the blob ${b.digest}`;

@@ -29,6 +29,8 @@ export interface UploadContext {
   readonly srcDir?: string;
   /** The store to re-hash a refused blob in; undefined when blobs come from `open`. */
   readonly storeDir?: string;
+  /** Send the bytes as Ollama's registry wants them (redirected.ts). */
+  readonly redirectUploads: boolean;
 }
 
 /** Bytes in place per blob, summed for `onProgress`, with per-blob events. */

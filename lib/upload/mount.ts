@@ -1,11 +1,27 @@
 /**
- * Step 2: the cross-repository mount (`POST /v2/<name>/blobs/uploads/?mount=<d>&from=<r>`):
- * 201 → the registry linked the blob, no bytes sent; 202 → it opened a session instead.
+ * Steps 1 and 2, where no bytes go: does the registry have the blob already
+ * (`HEAD /v2/<name>/blobs/<digest>`), and the cross-repository mount
+ * (`POST /v2/<name>/blobs/uploads/?mount=<d>&from=<r>`): 201 → the registry linked the
+ * blob, no bytes sent; 202 → it opened a session instead.
  */
 import type { Blob } from "../registry/manifest.ts";
 import type { UploadContext } from "./context.ts";
+import { inStep } from "./errors.ts";
 import { withRetries } from "./retry.ts";
 import { postSession } from "./session.ts";
+
+/**
+ * True when the destination repository has `b` (HEAD answered 2xx), false on 404.
+ *
+ * @throws {RegistryError} for any other answer, its message led by the step.
+ */
+export async function checkBlob(ctx: UploadContext, b: Blob): Promise<boolean> {
+  try {
+    return await ctx.target.hasBlob(b.digest, ctx.signal);
+  } catch (err) {
+    throw inStep(err, `checking whether the registry has ${b.digest}`);
+  }
+}
 
 /** What a mount attempt gave: the blob, or a session to send it in. */
 export type MountResult = { mounted: true } | { mounted: false; location: string };

@@ -75,6 +75,13 @@ export interface UploadOptions extends ConnectionOptions, UploadTuning {
   manifestMediaType?: string;
   /** Reuse an existing session (push and copy build one with the mount scopes). */
   session?: Session;
+  /**
+   * Send each blob as Ollama's registry takes it: parts announced with
+   * `X-Redirect-Uploads: 1`, PUT to the storage URL the registry redirects to, committed with
+   * `?digest=&etag=` (lib/upload/redirected.ts); a registry that does not redirect gets chunks.
+   * @default false (push turns it on for Ollama's registry and when an Ollama key is named)
+   */
+  redirectUploads?: boolean;
 }
 
 export interface UploadResult {

@@ -13,6 +13,7 @@ import type { Blob } from "../registry/manifest.ts";
 import { SEND_ONCE } from "../transport/fetch.ts";
 import { commitBlob } from "./commit.ts";
 import type { UploadContext } from "./context.ts";
+import { checkBlob } from "./mount.ts";
 import {
   corruptSource,
   garbledInTransit,
@@ -23,7 +24,6 @@ import {
   UploadStepError,
 } from "./errors.ts";
 import { pause } from "./retry.ts";
-import { checkBlob } from "./check.ts";
 import { openSession } from "./session.ts";
 import { OCTET, parseUploadRange } from "./target.ts";
 

@@ -7,13 +7,15 @@ import type { Blob } from "../registry/manifest.ts";
 import type { UploadContext } from "./context.ts";
 import { unwrap, UploadStepError } from "./errors.ts";
 import { withRetries } from "./retry.ts";
-import { destKey, readState, removeState } from "./state.ts";
+import { destKey, type DonePart, readState, removeState } from "./state.ts";
 import { parseUploadRange } from "./target.ts";
 
 /** Where a session stands: the URL to go on with and the bytes the registry holds. */
 export interface SessionPlace {
   location: string;
   offset: number;
+  /** A redirected upload's parts in storage (redirected.ts). */
+  parts?: DonePart[];
 }
 
 /** Opens a session for `b` (retrying what is worth it); resolves to its URL. */
@@ -93,6 +95,8 @@ export async function resumeSession(
   const saved = await readState(statePath);
   const dest = destKey(ctx.baseUrl, ctx.repository);
   if (saved && saved.digest === b.digest && saved.size === b.size && saved.dest === dest) {
+    // Parts in storage: the commit's etag says whether the registry still has them.
+    if (saved.parts) return { location: saved.location, offset: saved.offset, parts: saved.parts };
     // A session we cannot ask about is as good as gone: start a new one.
     const at = await whereSessionStands(ctx, b, saved.location, saved.offset);
     if (at && at.offset <= b.size) return at;

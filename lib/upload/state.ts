@@ -20,6 +20,19 @@ export interface SessionState {
   location: string;
   /** Bytes the registry has acknowledged. */
   offset: number;
+  /**
+   * Ollama's redirected uploads (redirected.ts): the parts already PUT to storage, each with
+   * the hex MD5 of its bytes (the commit's etag is made of them); `location` is then the
+   * session URL the next part's PATCH goes to.
+   */
+  parts?: DonePart[];
+}
+
+/** A part of a redirected upload that storage has taken. */
+export interface DonePart {
+  offset: number;
+  size: number;
+  md5: string;
 }
 
 /** Where the state file of `digest`'s upload to `baseUrl`/`repository` lives. */
@@ -51,7 +64,8 @@ export async function readState(path: string): Promise<SessionState | undefined>
     if (
       s.version !== 1 || typeof s.digest !== "string" || typeof s.size !== "number" ||
       typeof s.dest !== "string" || typeof s.location !== "string" ||
-      typeof s.offset !== "number" || !Number.isSafeInteger(s.offset) || s.offset < 0
+      typeof s.offset !== "number" || !Number.isSafeInteger(s.offset) || s.offset < 0 ||
+      (s.parts !== undefined && !validParts(s.parts))
     ) return undefined;
     const u = new URL(s.location);
     if (u.protocol !== "http:" && u.protocol !== "https:") return undefined;
@@ -59,6 +73,14 @@ export async function readState(path: string): Promise<SessionState | undefined>
   } catch {
     return undefined;
   }
+}
+
+function validParts(parts: unknown): boolean {
+  return Array.isArray(parts) &&
+    parts.every((p: Partial<DonePart>) =>
+      Number.isSafeInteger(p?.offset) && Number.isSafeInteger(p?.size) &&
+      typeof p?.md5 === "string" && /^[0-9a-f]{32}$/.test(p.md5)
+    );
 }
 
 /** Writes the state file atomically; a store we cannot write only costs cross-run resume. */

@@ -1,7 +1,7 @@
 /**
  * One registry repository's upload endpoints, over a session's transport: sending a
  * request with a deadline for its body, and turning what fails into an
- * {@link UploadStepError} that names the step. The steps themselves (check.ts,
+ * {@link UploadStepError} that names the step. The steps themselves (
  * mount.ts, session.ts, send.ts, commit.ts) build the requests.
  */
 import { HaulError, InterruptedError, NetworkError, redactUrl, RegistryError } from "../errors.ts";

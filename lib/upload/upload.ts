@@ -25,7 +25,7 @@
  * registry and the upload continues from the last acknowledged chunk.
  *
  * Each step is a function of its own, and an error names the step that failed:
- * check.ts (HEAD), mount.ts (POST ?mount=), session.ts (POST, GET, DELETE), send.ts
+ * mount.ts (HEAD, POST ?mount=), session.ts (POST, GET, DELETE), send.ts
  * (one PUT, or PATCH chunks driven by chunked.ts), commit.ts (PUT ?digest=) and
  * manifest.ts; blob.ts runs them for one blob, {@link upload} for all of them. The
  * options and defaults are in options.ts, resume state files in state.ts.
@@ -145,6 +145,7 @@ function contextFor(
     stateDir: options.stateDir === undefined ? srcDir : options.stateDir ?? undefined,
     srcDir,
     storeDir: options.open ? undefined : srcDir,
+    redirectUploads: options.redirectUploads ?? false,
   };
 }
 

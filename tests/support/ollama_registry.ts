@@ -29,6 +29,11 @@ export interface OllamaRegistryOptions {
   challengePulls?: boolean;
   /** The `service` of the challenge. Default "ollama.com". */
   service?: string;
+  /**
+   * The base URL clients know this registry by (a test that names it https://registry.ollama.ai
+   * and rewrites): signed token URLs are verified against it. Default its own URL.
+   */
+  publicUrl?: string;
 }
 
 export interface OllamaRegistryRequest {
@@ -168,7 +173,7 @@ export async function startOllamaRegistry(
     bearer(req)?.push.has(name.split("/")[0]) ?? false;
 
   const token = (req: http.IncomingMessage, res: http.ServerResponse) => {
-    const full = `${url}${req.url}`;
+    const full = `${opts.publicUrl ?? url}${req.url}`;
     const q = new URL(full).searchParams;
     const scopes = q.getAll("scope").flatMap((s) => s.split(" ")).filter(Boolean);
     const grant: TokenGrant = { scopes, push: [], status: 200 };
