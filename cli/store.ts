@@ -27,8 +27,10 @@ export const LIST_HELP = `Usage: haul ${LIST.usage}
 Lists the models in Ollama's store as "ollama list" does: NAME as you would
 type it (models from other registries keep their host), ID (first 12 hex
 digits of the manifest digest), SIZE (config and layers), MODIFIED.
---json adds ollamaName: the two-component namespace/model name "haul serve"
-answers for it (ghcr.io/org/team/model as ghcr-io_org_team/model).
+Models whose names Ollama cannot type (a host, or more than two components)
+are listed after the table with the two-component namespace/model name
+"haul serve" answers for them (ghcr.io/org/team/model as
+ghcr-io_org_team/model); --json gives it as ollamaName.
 
 Options:
 ${formatFlags(LIST)}
@@ -157,6 +159,15 @@ export const listCommand: Command = async (args, signal) => {
     ]);
   }
   out(formatTable(rows));
+  const aliases = models.flatMap((m) => {
+    const alias = ollamaAlias(m.host, m.repository.split("/"));
+    const ref = m.tag ? `${alias}:${m.tag}` : m.pinned ? `${alias}@${m.pinned}` : alias;
+    return alias ? [[`  ${m.name}`, "->", ref]] : [];
+  });
+  if (aliases.length) {
+    out(`\nhaul serve also answers these as namespace/model (for ollama pull):`);
+    out(formatTable(aliases));
+  }
   for (const m of models) {
     if (m.invalid !== undefined) note(`warning: ${m.name}: ${m.invalid}`);
   }

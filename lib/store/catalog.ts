@@ -342,6 +342,9 @@ export class StoreCatalog {
     } catch {
       return [];
     }
+    // Ollama's two-component names for the rest (ollamaAlias), listed unless a real name clashes.
+    const aliases = new Set<string>();
+    let host: string | undefined;
     const walk = async (dir: string, prefix: string[], depth: number): Promise<void> => {
       if (depth > 16) return;
       let entries;
@@ -366,6 +369,10 @@ export class StoreCatalog {
       if (hasTag && prefix.length >= 2) {
         const name = prefix.join("/");
         if (name.length <= MAX_NAME_LENGTH) names.add(name);
+        const alias = host === undefined
+          ? ollamaAlias(this.defaultHost, prefix, this.defaultHost)
+          : ollamaAlias(host, prefix.slice(1), this.defaultHost);
+        if (alias) aliases.add(alias);
       }
     };
     for (const h of hosts) {
@@ -375,17 +382,20 @@ export class StoreCatalog {
       ) {
         continue;
       }
-      const host = h.name.toLowerCase();
-      if (host !== h.name || !isHostPort(host)) continue;
+      const name = h.name.toLowerCase();
+      if (name !== h.name || !isHostPort(name)) continue;
       const dir = join(this.manifestsDir, h.name);
-      if (host === this.defaultHost) {
+      if (name === this.defaultHost) {
         // Walk as [repo…]; a name is listed without the host.
+        host = undefined;
         await walkRepos(dir, walk);
       } else {
-        const component = hostToComponent(host);
+        const component = hostToComponent(name);
+        host = name;
         if (component) await walk(dir, [component], 0);
       }
     }
+    for (const a of aliases) names.add(a);
     return [...names].sort(compare);
   }
 }

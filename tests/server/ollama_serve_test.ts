@@ -91,6 +91,12 @@ Deno.test("stock ollama pulls an other-registry 3-component model from haul serv
   try {
     const catalog = await (await fetch(`${serve.url}/v2/_catalog`)).json();
     assert.ok(catalog.repositories.includes("ghcr.io/org/team/model"), JSON.stringify(catalog));
+    assert.ok(catalog.repositories.includes("ghcr-io_org_team/model"), JSON.stringify(catalog));
+    const text = await runCli(["list", "--models", store]);
+    assert.match(
+      text.stdout,
+      /ghcr\.io\/org\/team\/model:latest\s+->\s+ghcr-io_org_team\/model:latest/,
+    );
     const listed = await runCli(["list", "--json", "--models", store]);
     assert.equal(listed.code, 0, listed.stderr);
     assert.deepEqual(

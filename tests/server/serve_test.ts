@@ -376,16 +376,20 @@ Deno.test("createRegistryHandler() lists tags in lexical order with Link paginat
 });
 
 Deno.test("createRegistryHandler() lists the catalog with names clients can use", async () => {
+  // Each model from another host is also listed by the two-component name Ollama can type.
   const all = [
+    "127-0-0-1-5000_library/other",
     "127.0.0.1_5000/library/other",
+    "ghcr-io_org/img",
     "ghcr.io/org/img",
     "library/many",
     "library/tiny",
+    "localhost-5000_team/app",
     "localhost_5000/team/app",
   ];
   assert.deepEqual((await (await get("/v2/_catalog")).json()).repositories, all);
-  const pages = await allPages("/v2/_catalog?n=2", "repositories");
-  assert.deepEqual(pages, [all.slice(0, 2), all.slice(2, 4), all.slice(4)]);
+  const pages = await allPages("/v2/_catalog?n=3", "repositories");
+  assert.deepEqual(pages, [all.slice(0, 3), all.slice(3, 6), all.slice(6)]);
   // Every listed name resolves.
   for (const name of all) {
     const res = await get(`/v2/${name}/tags/list`);
