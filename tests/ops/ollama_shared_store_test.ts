@@ -73,6 +73,56 @@ Deno.test("kill -9 of haul pull with many small blobs in flight, then stock olla
   }
 });
 
+Deno.test("kill -9 of haul pull mid a large blob, then stock ollama pull of the same model succeeds and ollama show loads it", async () => {
+  const source = await tmpDir("haul-kill-large-src");
+  const models = await tmpDir("haul-kill-large-models");
+  const fx = makeOllamaModel({
+    layerSizes: [40_000_009, 400, 900, 200],
+    seed: 164,
+    loadable: true,
+  });
+  await storeFixture(source, { repository: "library/large" }, fx);
+  const serve = await startServe(source);
+  try {
+    const name = `${serve.host}/library/large:latest`;
+    const child = spawnCli(
+      ["pull", "--insecure", "--quiet", "--limit-rate", "8M", "--models", models, name],
+      { timeoutMs: 120_000 },
+    );
+    // Killed about 1.5 s (some 12 MB at 8 MB/s) after the large blob's partial file appears
+    // in .haul/partial/.
+    const partial = path.join(models, ".haul", "partial");
+    const hasPartial = async () =>
+      (await fsp.readdir(partial).catch(() => [] as string[])).some((n) => n.endsWith("-partial"));
+    for (let i = 0; i < 400 && !(await hasPartial()); i++) await sleep(25);
+    assert.ok(await hasPartial(), "haul pull started the large blob");
+    await sleep(1500);
+    child.kill("SIGKILL");
+    assert.equal((await child.result).signal, "SIGKILL");
+    assert.deepEqual(await ollamaGlobMatches(models), [], "haul left files Ollama would decode");
+
+    const ollama = await startOllama({ models });
+    try {
+      const r = await runOllama(ollama, ["pull", "--insecure", name]);
+      assert.equal(r.code, 0, `ollama pull after a killed haul pull: ${r.stderr}`);
+      for (const b of fx.blobs) {
+        const file = path.join(models, "blobs", b.digest.replace(":", "-"));
+        assert.equal(`sha256:${await sha256File(file)}`, b.digest, `${b.digest} content`);
+      }
+      const show = await runOllama(ollama, ["show", name]);
+      assert.equal(show.code, 0, show.stderr);
+      assert.match(show.stdout, /architecture\s+llama/, show.stdout);
+    } finally {
+      await ollama.stop();
+    }
+  } finally {
+    await serve.stop();
+    await fx.cleanup?.();
+    await fsp.rm(source, { recursive: true, force: true });
+    await fsp.rm(models, { recursive: true, force: true });
+  }
+});
+
 Deno.test("ollama serve's startup prune over a killed haul pull leaves its resume state: the two pulls fetch <= 1.25x the model", async () => {
   const source = await tmpDir("haul-prune-src");
   const models = await tmpDir("haul-prune-models");
@@ -123,12 +173,16 @@ Deno.test("ollama serve's startup prune over a killed haul pull leaves its resum
   }
 });
 
-Deno.test("a Ctrl-C'd stock ollama pull mid large blob, then haul pull: <= 1.25x the model fetched, no partial files left, ollama list accepts it", async () => {
+Deno.test("a Ctrl-C'd stock ollama pull mid large blob, then haul pull: <= 1.25x the model fetched, no partial files left, ollama list and ollama show accept it", async () => {
   const source = await tmpDir("haul-adopt-src");
   const models = await tmpDir("haul-adopt-models");
-  // One blob of ~210 MB (Ollama cuts it into 100 MB parts), a template and a license (a
-  // params layer of fixture bytes would not be JSON, which `ollama show` decodes).
-  const fx = makeOllamaModel({ layerSizes: [210_000_017, 500, 7000], seed: 163 });
+  // One GGUF blob of ~210 MB (Ollama cuts it into 100 MB parts), a template, a license and
+  // params, all as `ollama show` reads them.
+  const fx = makeOllamaModel({
+    layerSizes: [210_000_017, 500, 7000, 300],
+    seed: 163,
+    loadable: true,
+  });
   const size = fx.blobs.reduce((n, b) => n + b.size, 0);
   await storeFixture(source, { repository: "library/adopt" }, fx);
   const serve = await startServe(source);
@@ -159,8 +213,12 @@ Deno.test("a Ctrl-C'd stock ollama pull mid large blob, then haul pull: <= 1.25x
     assert.deepEqual(left, [], "no partial files left in blobs/");
     const list = await runOllama(ollama, ["list"]);
     assert.match(list.stdout, /library\/adopt:latest/, list.stdout + list.stderr);
-    // `ollama show` parses the model layer as GGUF ("invalid file magic" on fixture bytes):
-    // the list, its digest and the blobs' content are what is checked here.
+    // `ollama show` loads the manifest, the GGUF header of the model layer and the params.
+    const show = await runOllama(ollama, ["show", name]);
+    assert.equal(show.code, 0, show.stderr);
+    assert.match(show.stdout, /architecture\s+llama/, show.stdout);
+    assert.match(show.stdout, /context length\s+4096/, show.stdout);
+    assert.match(show.stdout, /temperature\s+0\.7/, show.stdout);
     const tags = await ollamaTags(ollama);
     const tag = tags.find((t) => t.name.endsWith("library/adopt:latest"));
     assert.ok(tag, JSON.stringify(tags));

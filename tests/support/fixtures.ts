@@ -1,4 +1,6 @@
 /** Fixture images: Ollama models and OCI images built from deterministic bytes. */
+import { Buffer } from "node:buffer";
+import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
 import * as os from "node:os";
@@ -40,6 +42,66 @@ export interface FixtureOptions {
   seed?: number;
   /** Where file-backed blobs go; default a fresh temp dir (removed by `cleanup`). */
   dir?: string;
+  /**
+   * makeOllamaModel: layers Ollama can load, so `ollama show` works: the model layer starts
+   * with a GGUF header (no tensors; fixture bytes after it), params is JSON, the other
+   * text layers are text (each padded to its size). Default false.
+   */
+  loadable?: boolean;
+}
+
+/** A GGUF v3 header with no tensors and the metadata `ollama show` prints (fs/ggml/gguf.go). */
+export function ggufHeader(): Uint8Array {
+  const parts: Buffer[] = [];
+  const u32 = (n: number) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32LE(n);
+    parts.push(b);
+  };
+  const u64 = (n: number) => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64LE(BigInt(n));
+    parts.push(b);
+  };
+  const str = (s: string) => {
+    u64(Buffer.byteLength(s));
+    parts.push(Buffer.from(s));
+  };
+  const kv: [string, string | number][] = [
+    ["general.architecture", "llama"],
+    ["general.name", "haul-fixture"],
+    ["general.file_type", 15], // Q4_K_M
+    ["llama.context_length", 4096],
+    ["llama.embedding_length", 64],
+    ["llama.block_count", 1],
+    ["llama.attention.head_count", 1],
+  ];
+  parts.push(Buffer.from("GGUF"));
+  u32(3);
+  u64(0); // tensors
+  u64(kv.length);
+  for (const [k, v] of kv) {
+    str(k);
+    if (typeof v === "string") {
+      u32(8);
+      str(v);
+    } else {
+      u32(4);
+      u32(v);
+    }
+  }
+  return new Uint8Array(Buffer.concat(parts));
+}
+
+/** Text of exactly `size` bytes that Ollama reads as the layer `kind` (padded with spaces). */
+function loadableText(kind: string, size: number): Uint8Array {
+  const text = kind === "params"
+    ? '{"temperature":0.7,"stop":["<|end|>"]}'
+    : kind === "template"
+    ? "{{ .System }} {{ .Prompt }}"
+    : `haul fixture ${kind}`;
+  if (Buffer.byteLength(text) > size) throw new Error(`${kind} layer needs ${text.length} bytes`);
+  return new TextEncoder().encode(text.padEnd(size, " "));
 }
 
 const OLLAMA_KINDS = ["model", "template", "license", "params", "system", "messages", "adapter"];
@@ -52,20 +114,31 @@ function buildLayers(opts: FixtureOptions, mediaTypeOf: (i: number) => string) {
   const layers: FixtureBlob[] = opts.layerSizes.map((size, i) => {
     const layerSeed = seed * 1009 + i + 1;
     const mediaType = mediaTypeOf(i);
+    const kind = mediaType.split(".").pop()!;
+    if (opts.loadable && kind !== "model") {
+      const data = loadableText(kind, size);
+      return { digest: `sha256:${sha256hex(data)}`, size, mediaType, data };
+    }
+    const header = opts.loadable ? ggufHeader() : undefined;
     if (size >= FILE_BACKED_THRESHOLD) {
       if (!dir) {
         dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "haul-fixture-"));
         ownDir = !opts.dir;
       }
       const file = path.join(dir, `layer-${seed}-${i}-${size}.bin`);
-      return {
-        digest: writeDeterministicFileSync(file, size, layerSeed),
-        size,
-        mediaType,
-        path: file,
-      };
+      let digest = writeDeterministicFileSync(file, size, layerSeed);
+      if (header) {
+        const fd = fs.openSync(file, "r+");
+        fs.writeSync(fd, header, 0, header.length, 0);
+        fs.closeSync(fd);
+        digest = `sha256:${
+          crypto.createHash("sha256").update(fs.readFileSync(file)).digest("hex")
+        }`;
+      }
+      return { digest, size, mediaType, path: file };
     }
     const data = deterministicBytes(size, layerSeed);
+    if (header) data.set(header, 0);
     return { digest: `sha256:${sha256hex(data)}`, size, mediaType, data };
   });
   const cleanup = dir === undefined ? undefined : async () => {
