@@ -128,6 +128,7 @@ class RedirectedUpload {
   readonly #done = new Map<number, DonePart>();
   readonly #sending = new Map<number, number>();
   #next: string;
+  #saving: Promise<void> = Promise.resolve();
 
   constructor(ctx: UploadContext, b: Blob, reader: BlobReader, start: RedirectedStart) {
     this.#ctx = ctx;
@@ -399,7 +400,13 @@ class RedirectedUpload {
     this.#ctx.progress.sent(this.#b, Math.min(n, this.#b.size));
   }
 
+  /** Saves the parts done so far; saves run one after another, each writing the latest. */
   #save(): Promise<void> {
+    this.#saving = this.#saving.then(() => this.#write());
+    return this.#saving;
+  }
+
+  #write(): Promise<void> {
     if (!this.#statePath) return Promise.resolve();
     const parts = [...this.#done.values()];
     return writeState(this.#statePath, {

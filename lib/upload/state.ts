@@ -3,7 +3,7 @@
  * every chunk next to the blob, so a later run can ask the registry where the session
  * stands and continue it (see the top of upload.ts).
  */
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
@@ -85,7 +85,8 @@ function validParts(parts: unknown): boolean {
 
 /** Writes the state file atomically; a store we cannot write only costs cross-run resume. */
 export async function writeState(path: string, state: SessionState): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
+  // A name of its own per write: two writes at once must not share (and mix) one file.
+  const tmp = `${path}.${process.pid}-${randomBytes(4).toString("hex")}.tmp`;
   try {
     await writeFile(tmp, JSON.stringify(state));
     await rename(tmp, path);

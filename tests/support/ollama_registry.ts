@@ -14,7 +14,8 @@
  * - redirected uploads (server/upload.go uploadPart): a PATCH with `X-Redirect-Uploads: 1` gets 307,
  *   `Location` = a presigned PUT URL on storage, `Docker-Upload-Location` = the next session URL;
  *   the parts (maybe in parallel) are held and forwarded into the real registry's upload session at
- *   the commit `PUT ?digest=&etag=`, whose etag (md5 of the parts' md5s, `-<n>`, Run) is checked.
+ *   the commit `PUT ?digest=&etag=`, whose etag (md5 of the parts' md5s, `-<n>`, Run) is checked;
+ *   a part PUT without Content-Length gets S3's 411 MissingContentLength.
  */
 import * as crypto from "node:crypto";
 import * as http from "node:http";
@@ -467,6 +468,11 @@ export async function startOllamaRegistry(
     }
     const part = /^\/part\/([^/]+)\/(\d+)$/.exec(u.pathname);
     if (part && req.method === "PUT") {
+      if (req.headers["content-length"] === undefined) {
+        // S3 and R2 want the length of a presigned PUT up front (no chunked bodies).
+        req.resume();
+        return send(res, 411, "<Error><Code>MissingContentLength</Code></Error>");
+      }
       const up = uploads.get(part[1]);
       const body = await readBody(req);
       if (!up) return send(res, 404, "<Error><Code>NoSuchUpload</Code></Error>");
