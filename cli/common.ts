@@ -1,6 +1,7 @@
 /** Helpers shared by the command modules: flag parsing and progress wiring. */
 import process from "node:process";
 import { UsageError } from "../lib/errors.ts";
+import type { ProgressEvent } from "../lib/progress_events.ts";
 import { createRenderer, type Renderer } from "./progress.ts";
 
 /** A command: parses its own flags, runs, throws typed errors. */
@@ -40,6 +41,24 @@ export function renderMode(
   if (values.json) return "json";
   if (values.quiet) return "quiet";
   return process.stderr.isTTY ? "tty" : "plain";
+}
+
+/**
+ * The progress handler of a transfer command: warnings go to stderr in every mode but --quiet
+ * (stdout may be NDJSON), and into the NDJSON too with --json; the rest to the renderer.
+ */
+export function progressHandler(
+  renderer: Renderer,
+  values: { json?: boolean; quiet?: boolean },
+): (e: ProgressEvent) => void {
+  return (e) => {
+    if (e.type === "warning") {
+      if (!values.quiet) process.stderr.write(`haul: warning: ${e.message}\n`);
+      if (values.json) renderer.handle(e);
+      return;
+    }
+    renderer.handle(e);
+  };
 }
 
 /** A renderer for the chosen mode, ticking while the transfer runs; call `stop()` at the end. */

@@ -4,9 +4,15 @@ import { readFile } from "node:fs/promises";
 import * as tls from "node:tls";
 import { parseArgs } from "node:util";
 import { loadMirrors, pull } from "../lib/mod.ts";
-import type { ProgressEvent } from "../lib/progress_events.ts";
 import { UsageError } from "../lib/errors.ts";
-import { type Command, parseNumber, parsePlatform, parseSize, startProgress } from "./common.ts";
+import {
+  type Command,
+  parseNumber,
+  parsePlatform,
+  parseSize,
+  progressHandler,
+  startProgress,
+} from "./common.ts";
 import { commandSpec, formatFlags, parseOptions } from "./commands.ts";
 
 const PULL = commandSpec("pull");
@@ -91,14 +97,7 @@ export const pullCommand: Command = async (args, signal) => {
       retry: str("retries") === undefined
         ? undefined
         : { maxRetries: parseNumber(str("retries"), "--retries", 0) },
-      onEvent: (e: ProgressEvent) => {
-        // Warnings go to stderr in every mode but --quiet (stdout may be NDJSON).
-        if (e.type === "warning") {
-          if (!flag("quiet")) process.stderr.write(`haul: warning: ${e.message}\n`);
-          return;
-        }
-        progress.renderer.handle(e);
-      },
+      onEvent: progressHandler(progress.renderer, { json: flag("json"), quiet: flag("quiet") }),
       signal,
     });
   } finally {

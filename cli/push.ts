@@ -1,9 +1,8 @@
 /** haul push, haul copy */
 import { parseArgs } from "node:util";
 import { copy, push } from "../lib/mod.ts";
-import type { ProgressEvent } from "../lib/progress_events.ts";
 import { UsageError } from "../lib/errors.ts";
-import { type Command, parseNumber, parseSize, startProgress } from "./common.ts";
+import { type Command, parseNumber, parseSize, progressHandler, startProgress } from "./common.ts";
 
 export const PUSH_HELP = `Usage: haul push [options] REF [DEST]
 
@@ -126,7 +125,7 @@ export const pushCommand: Command = async (args, signal) => {
       ociLayout: values.oci,
       from: values.from,
       keyFile: values.key,
-      onEvent: (e: ProgressEvent) => progress.renderer.handle(e),
+      onEvent: progressHandler(progress.renderer, values),
       signal,
     });
   } finally {
@@ -153,7 +152,7 @@ export const copyCommand: Command = async (args, signal) => {
     await copy(positionals[0], positionals[1], {
       ...options,
       stallTimeout: parseNumber(values["stall-timeout"], "--stall-timeout", 0.05),
-      onEvent: (e: ProgressEvent) => progress.renderer.handle(e),
+      onEvent: progressHandler(progress.renderer, values),
       signal,
     });
   } finally {

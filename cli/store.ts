@@ -161,8 +161,12 @@ export const listCommand: Command = async (args, signal) => {
   out(formatTable(rows));
   const aliases = models.flatMap((m) => {
     const alias = ollamaAlias(m.host, m.repository.split("/"));
-    const ref = m.tag ? `${alias}:${m.tag}` : m.pinned ? `${alias}@${m.pinned}` : alias;
-    return alias ? [[`  ${m.name}`, "->", ref]] : [];
+    if (!alias) return [];
+    return [[
+      `  ${m.name}`,
+      "->",
+      m.tag ? `${alias}:${m.tag}` : m.pinned ? `${alias}@${m.pinned}` : alias,
+    ]];
   });
   if (aliases.length) {
     out(`\nhaul serve also answers these as namespace/model (for ollama pull):`);

@@ -13,6 +13,7 @@
  *  - 7   network: connection failed, timed out, stalled after all retries
  *  - 8   local store / disk: write failed, disk full, permission
  *  - 9   invalid manifest or index document
+ *  - 10  rate limited for longer than is worth waiting (Docker Hub's pull limit)
  *  - 130 interrupted (Ctrl-C / abort)
  */
 
@@ -26,6 +27,7 @@ export const ExitCode = {
   network: 7,
   store: 8,
   manifest: 9,
+  rateLimited: 10,
   interrupted: 130,
 } as const;
 
@@ -84,6 +86,8 @@ export class RegistryError extends HaulError {
       url: string | URL;
       codes?: OciErrorDetail[];
       message?: string;
+      /** @default from the status: 401/403 auth, 404 not found, else registry */
+      exitCode?: number;
     },
     options?: ErrorOptions,
   ) {
@@ -92,11 +96,12 @@ export class RegistryError extends HaulError {
     const detail = codes.length
       ? ": " + codes.map((c) => c.message ? `${c.code} (${c.message})` : c.code).join(", ")
       : "";
-    const exit = init.status === 401 || init.status === 403
-      ? ExitCode.auth
-      : init.status === 404
-      ? ExitCode.notFound
-      : ExitCode.registry;
+    const exit = init.exitCode ??
+      (init.status === 401 || init.status === 403
+        ? ExitCode.auth
+        : init.status === 404
+        ? ExitCode.notFound
+        : ExitCode.registry);
     super(
       init.message ?? `${init.method} ${url} failed with HTTP ${init.status}${detail}`,
       exit,

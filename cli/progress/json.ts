@@ -83,6 +83,10 @@ export class JsonRenderer implements Renderer {
         if (e.type === "blob-done") this.#blobs.delete(key);
         return;
       }
+      case "warning":
+        // What a registry said beside its answer (a `Warning` header, a rate limit running low).
+        this.#emit({ status: `warning: ${e.message}` });
+        return;
       default: {
         const status = phaseStatus(e);
         if (status === undefined || status === this.#lastStatus) return;

@@ -147,10 +147,18 @@ async function requestRange(a: Attempt): Promise<ReadableStream<Uint8Array>> {
   const headers = new Headers();
   if (a.ranged) headers.set("range", `bytes=${start}-${end - 1}`);
   let res: Response;
-  try {
-    res = await a.ctx.fetch(new Request(job.url, { headers, signal: a.ac.signal }));
-  } catch (err) {
-    throw a.cut ?? err;
+  for (let moved = 0;; moved++) {
+    const url = job.url;
+    try {
+      res = await a.ctx.fetch(new Request(url, { headers, signal: a.ac.signal }));
+    } catch (err) {
+      throw a.cut ?? err;
+    }
+    if (!job.relocate || !expiredUrl(res) || moved >= MAX_RELOCATIONS) break;
+    // The object store refused its presigned URL (expired): ask the registry where the
+    // bytes are now and ask again from the same offset; parts already done stay done.
+    await res.body?.cancel().catch(() => {});
+    await relocate(job, url);
   }
   a.lastByte = a.headersAt = Date.now();
   if (res.status === 206) await checkContentRange(a, res);
@@ -158,6 +166,31 @@ async function requestRange(a: Attempt): Promise<ReadableStream<Uint8Array>> {
   else throw await errorFromResponse(res, "GET", job.url);
   if (!res.body) throw new NetworkError(`Empty body from ${redactUrl(job.url)}`);
   return res.body;
+}
+
+/** Fresh redirects one request may ask for before the refusal stands. */
+const MAX_RELOCATIONS = 3;
+
+/**
+ * An object store refusing a presigned URL: S3/R2 "Request has expired" (403 AccessDenied),
+ * Azure SAS (403 AuthenticationFailed), CloudFront (403), a stale signature (400), 401.
+ */
+function expiredUrl(res: Response): boolean {
+  return res.status === 401 || res.status === 403 || res.status === 400;
+}
+
+/** Refreshes `job.url` once for all parts that saw `stale` refused (concurrent parts share it). */
+const relocating = new WeakMap<BlobJob, Promise<void>>();
+async function relocate(job: BlobJob, stale: string): Promise<void> {
+  if (job.url !== stale) return; // another part already got a fresh one
+  let p = relocating.get(job);
+  if (!p) {
+    p = job.relocate!().then((fresh) => {
+      job.url = fresh;
+    }).finally(() => relocating.delete(job));
+    relocating.set(job, p);
+  }
+  await p;
 }
 
 /** A 206 must carry exactly the range asked for, of a blob of the manifest's size. */

@@ -41,6 +41,11 @@ export interface BlobJob {
   partialPath: string;
   /** Per-chunk digests offered by the registry (Ollama's chunksums); parts follow them. */
   chunks?: { digest: string; start: number; end: number }[];
+  /**
+   * Asks the registry where the bytes are now (a fresh redirect), for when the object store
+   * refuses `url` (a presigned URL that expired); undefined when `url` is the registry's own.
+   */
+  relocate?: () => Promise<string>;
 }
 
 export interface BlobContext {

@@ -283,6 +283,12 @@ async function downloadOne(run: DownloadRun, b: Blob): Promise<void> {
       path,
       partialPath: partialPathOf(run.options, path),
       chunks,
+      relocate: url === run.session.client.blobUrl(run.options.repository, b.digest)
+        ? undefined
+        : async () =>
+          (await run.session.client.resolveBlob(run.options.repository, b.digest, {
+            signal: run.abort.signal,
+          })).url,
     },
     blobContext(run, b),
   );

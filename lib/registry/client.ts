@@ -4,6 +4,7 @@
  */
 import { sha256Digest } from "../digest.ts";
 import {
+  ExitCode,
   IntegrityError,
   ManifestError,
   NetworkError,
@@ -13,6 +14,7 @@ import {
 } from "../errors.ts";
 import { MANIFEST_ACCEPT, MAX_MANIFEST_BYTES } from "./manifest.ts";
 import { type Fetch, finalUrl } from "../transport/fetch.ts";
+import { parseRateLimit, type RateLimit } from "../transport/retry.ts";
 
 /** Builds a RegistryError from a failed response, reading a capped JSON error body. */
 export async function errorFromResponse(
@@ -33,7 +35,35 @@ export async function errorFromResponse(
   } catch {
     // Not JSON, too big or cut short: the status says enough.
   }
+  const rl = res.status === 429 ? parseRateLimit(res.headers) : undefined;
+  if (rl && (rl.remaining === 0 || rl.waitMs !== undefined)) {
+    return new RegistryError({
+      status: 429,
+      method,
+      url,
+      codes,
+      exitCode: ExitCode.rateLimited,
+      message: rateLimitMessage(new URL(url).host, rl),
+    });
+  }
   return new RegistryError({ status: res.status, method, url, codes });
+}
+
+/** "…pull rate limit reached (100 per 6 h): try again in 5 h 59 min; …" */
+function rateLimitMessage(host: string, rl: RateLimit): string {
+  const terms = rl.limit !== undefined && rl.windowSec !== undefined
+    ? ` (${rl.limit} per ${formatWait(rl.windowSec * 1000)})`
+    : "";
+  const wait = rl.waitMs !== undefined ? `: try again in ${formatWait(rl.waitMs)}` : "";
+  return `${host}: pull rate limit reached${terms}${wait}; a login (haul login ${host}) ` +
+    `may raise it`;
+}
+
+function formatWait(ms: number): string {
+  const min = Math.ceil(ms / 60_000);
+  if (min < 60) return `${min} min`;
+  const h = Math.floor(min / 60);
+  return min % 60 ? `${h} h ${min % 60} min` : `${h} h`;
 }
 
 /**

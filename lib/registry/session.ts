@@ -15,7 +15,9 @@ import {
   withRedirects,
   withRetry,
   withUserAgent,
+  withWarnings,
 } from "../transport/fetch.ts";
+import type { OnProgress } from "../progress_events.ts";
 import { withAuth } from "../auth/authenticator.ts";
 import { VERSION } from "../version.ts";
 
@@ -53,12 +55,54 @@ export interface ConnectionOptions {
   onRetry?: RetryOptions["onRetry"];
   /** Seconds to wait for response headers (each attempt). @default 30 */
   requestTimeout?: number;
+  /**
+   * What the registry says beside its answers (`Warning` headers, a rate limit running low),
+   * each text once per callback. @default a `warning` event to `onEvent` when there is one
+   */
+  onWarning?: (message: string) => void;
+}
+
+/** The texts each warning callback has been given already (once per run). */
+const shown = new WeakMap<object, Set<string>>();
+
+function warningSink(options: ConnectionOptions): ((m: string) => void) | undefined {
+  const onEvent = (options as { onEvent?: OnProgress }).onEvent;
+  const sink = options.onWarning ??
+    (onEvent ? (message: string) => onEvent({ type: "warning", message }) : undefined);
+  if (!sink) return undefined;
+  const key = options.onWarning ?? onEvent!;
+  return (m) => {
+    let seen = shown.get(key);
+    if (!seen) shown.set(key, seen = new Set());
+    if (seen.has(m)) return;
+    seen.add(m);
+    sink(m);
+  };
 }
 
 export interface Session {
   fetch: Fetch;
   auth: Authenticator;
   client: RegistryClient;
+  /** What this registry has shown it wants, learnt from its answers during the run. */
+  learned: RegistryTraits;
+}
+
+/**
+ * Upload limits a registry revealed (lib/upload/chunked.ts), kept for the rest of the run so
+ * every later blob goes up the way that worked.
+ */
+export interface RegistryTraits {
+  /** Largest PATCH body it takes (a 413/416 "too large": GHCR's 4 MiB). */
+  maxChunk?: number;
+  /** `OCI-Chunk-Min-Length` it sent (distribution-spec 1.1). */
+  minChunk?: number;
+  /** It takes no PATCH (404/405/501): monolithic POST then PUT (Artifact Registry). */
+  monolithic?: boolean;
+  /** Its upload `Range` does not follow the bytes taken (ECR's sticks at the first chunk). */
+  rangeUnreliable?: boolean;
+  /** It refused even an unranged (streamed) PATCH as too large: ranged chunks only. */
+  noStreamed?: boolean;
 }
 
 /** Builds the stack for `baseUrl` (scheme://host[:port]) with the given scopes. */
@@ -73,7 +117,9 @@ export function createSession(
   // Headers must come within the request timeout; transfers pass their stall
   // timeout, so a server that never answers is noticed as fast as one that stops.
   const stall = (options as { stallTimeout?: number }).stallTimeout;
-  const timed = withHeaderTimeout(bottom, (options.requestTimeout ?? stall ?? 30) * 1000);
+  const warn = warningSink(options);
+  const seen = warn ? withWarnings(bottom, warn) : bottom;
+  const timed = withHeaderTimeout(seen, (options.requestTimeout ?? stall ?? 30) * 1000);
   const retried = withRetry(timed, { ...options.retry, onRetry: options.onRetry });
   const userAgent = options.userAgent ?? `haul/${VERSION}`;
   const tokenFetch = withUserAgent(withRedirects(retried), userAgent);
@@ -89,5 +135,5 @@ export function createSession(
       : undefined,
   });
   const fetch = withUserAgent(withRedirects(withAuth(retried, auth)), userAgent);
-  return { fetch, auth, client: new RegistryClient({ baseUrl, fetch }) };
+  return { fetch, auth, client: new RegistryClient({ baseUrl, fetch }), learned: {} };
 }

@@ -13,6 +13,7 @@ import {
   DEFAULT_RETRY,
   isRetryableStatus,
   isTransientError,
+  parseRateLimit,
   parseRetryAfter,
   type RetryPolicy,
   sleep,
@@ -131,6 +132,9 @@ export function withRetry(next: Fetch, options: RetryOptions = {}): Fetch {
       try {
         res = await next(req);
         if (!isRetryableStatus(res.status) || attempt >= policy.maxRetries) return res;
+        // A used-up rate limit whose window outlasts any wait worth making: stop now.
+        const rl = res.status === 429 ? parseRateLimit(res.headers) : undefined;
+        if (rl?.waitMs !== undefined && rl.waitMs > policy.maxDelayMs) return res;
         reason = `HTTP ${res.status}`;
         retryAfter = parseRetryAfter(res.headers.get("retry-after"));
         await res.body?.cancel().catch(() => {});
@@ -254,4 +258,27 @@ export function describeError(err: unknown): string {
 
 function stripUndefined<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
+
+/**
+ * Reports what registries say beside the answer: distribution-spec 1.1 `Warning: 299 - "…"`
+ * headers (each at most 4096 bytes), and Docker Hub's pulls left when under a tenth of its
+ * limit (`ratelimit-remaining`). `onWarning` dedupes nothing; callers show each text once.
+ */
+export function withWarnings(next: Fetch, onWarning: (message: string) => void): Fetch {
+  return async (req) => {
+    const res = await next(req);
+    const warning = res.headers.get("warning");
+    if (warning) {
+      for (const m of warning.matchAll(/299\s+\S+\s+"((?:[^"\\]|\\.){1,4096})"/g)) {
+        onWarning(`${new URL(req.url).host}: ${m[1].replace(/\\(.)/g, "$1")}`);
+      }
+    }
+    const rl = res.status < 400 ? parseRateLimit(res.headers) : undefined;
+    if (rl?.limit && rl.remaining !== undefined && rl.remaining < rl.limit / 10) {
+      const per = rl.windowSec ? ` per ${Math.round(rl.windowSec / 3600)} h` : "";
+      onWarning(`${new URL(req.url).host}: ${rl.remaining} of ${rl.limit} pulls${per} left`);
+    }
+    return res;
+  };
 }

@@ -21,6 +21,41 @@ export function isRetryableStatus(status: number): boolean {
     status === 503 || status === 504;
 }
 
+/** A rate limit the registry says is used up: how long until it resets, and its terms. */
+export interface RateLimit {
+  /** Requests allowed per window (`ratelimit-limit: 100;w=21600`). */
+  limit?: number;
+  /** Requests left (`ratelimit-remaining`). */
+  remaining?: number;
+  /** The window in seconds (`w=`). */
+  windowSec?: number;
+  /** Until it resets, in ms: Retry-After when given, else the window. */
+  waitMs?: number;
+}
+
+/**
+ * Docker Hub's `ratelimit-limit` / `ratelimit-remaining` headers (`100;w=21600`, docker/docs
+ * usage/pulls.md) with Retry-After; undefined when there are none.
+ */
+export function parseRateLimit(headers: Headers): RateLimit | undefined {
+  const limit = headers.get("ratelimit-limit");
+  const remaining = headers.get("ratelimit-remaining");
+  if (limit === null && remaining === null) return undefined;
+  const num = (v: string | null) => {
+    const n = v === null ? NaN : Number(v.split(";")[0].trim());
+    return Number.isFinite(n) ? n : undefined;
+  };
+  const w = /;\s*w=(\d+)/.exec(limit ?? remaining ?? "");
+  const windowSec = w ? Number(w[1]) : undefined;
+  const retryAfter = parseRetryAfter(headers.get("retry-after"));
+  return {
+    limit: num(limit),
+    remaining: num(remaining),
+    windowSec,
+    waitMs: retryAfter ?? (windowSec === undefined ? undefined : windowSec * 1000),
+  };
+}
+
 /** `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), in ms. */
 export function parseRetryAfter(value: string | null, now = Date.now()): number | undefined {
   if (!value) return undefined;

@@ -4,13 +4,13 @@
  * Ollama's redirected parts and commit).
  */
 import type { Blob } from "../registry/manifest.ts";
-import { sendChunked } from "./chunked.ts";
+import { Monolithic, sendChunked } from "./chunked.ts";
 import type { UploadContext } from "./context.ts";
 import { checkBlob, mountBlob, type MountResult } from "./mount.ts";
 import { sendRedirected } from "./redirected.ts";
-import { sendWhole } from "./send.ts";
+import { sendMonolithic, sendWhole } from "./send.ts";
 import { openSession, resumeSession, type SessionPlace } from "./session.ts";
-import { uploadStatePath } from "./state.ts";
+import { removeState, uploadStatePath } from "./state.ts";
 
 /** Puts `b` in place in the destination repository, counting what it took in `ctx.result`. */
 export async function uploadBlob(ctx: UploadContext, b: Blob): Promise<void> {
@@ -58,8 +58,16 @@ export async function uploadBlob(ctx: UploadContext, b: Blob): Promise<void> {
       });
     } else if (!large && !resumed) {
       await sendWhole(ctx, b, at.location, reader);
+    } else if (ctx.learned.monolithic) {
+      await sendMonolithic(ctx, b, at.location, reader);
     } else {
-      await sendChunked(ctx, b, reader, { ...at, resumed: resumed !== undefined, statePath });
+      await sendChunked(ctx, b, reader, { ...at, resumed: resumed !== undefined, statePath })
+        .catch(async (err) => {
+          if (!(err instanceof Monolithic)) throw err;
+          // No PATCH here: the blob again, whole, in a new session.
+          await sendMonolithic(ctx, b, await openSession(ctx, b), reader);
+          if (statePath) await removeState(statePath);
+        });
     }
   } finally {
     await reader.close();

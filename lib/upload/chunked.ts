@@ -4,7 +4,7 @@
  * chunk from memory, ask where the session stands, or start over) lives here too.
  */
 import type { BlobReader } from "../disk/blob_file.ts";
-import { IntegrityError } from "../errors.ts";
+import { IntegrityError, RegistryError } from "../errors.ts";
 import type { Blob } from "../registry/manifest.ts";
 import { ReplayNeeded } from "../transport/fetch.ts";
 import { commitBlob } from "./commit.ts";
@@ -31,6 +31,31 @@ export interface ChunkedStart {
   resumed: boolean;
   /** State file to save the session in after every chunk. */
   statePath?: string;
+}
+
+/** Smallest chunk worth a PATCH; a registry that refuses more goes monolithic. */
+const MIN_CHUNK = 64 << 10;
+
+/** The registry takes no PATCH (or none small enough): the blob goes up in one PUT. */
+export class Monolithic extends Error {
+  constructor() {
+    super("the registry wants monolithic uploads");
+  }
+}
+
+/** The limit a "too large" answer names ("maximum permissible limit of 4.00MiB"), in bytes. */
+export function parseSizeLimit(message: string): number | undefined {
+  const m = /limit(?: of)?\s*([\d.]+)\s*(KiB|MiB|GiB|KB|MB|GB|B)\b/i.exec(message);
+  if (!m) return undefined;
+  const unit = m[2].toLowerCase();
+  const mult = unit.startsWith("k")
+    ? 1024
+    : unit.startsWith("m")
+    ? 1024 ** 2
+    : unit.startsWith("g")
+    ? 1024 ** 3
+    : 1;
+  return Math.floor(Number(m[1]) * mult);
 }
 
 /** A large blob: PATCH chunks, saving the session after each, then PUT ?digest=. */
@@ -67,6 +92,7 @@ class ChunkedUpload {
    */
   #furthest: number;
   #attempt = 0;
+  #adaptations = 0;
 
   constructor(ctx: UploadContext, b: Blob, reader: BlobReader, start: ChunkedStart) {
     this.#ctx = ctx;
@@ -100,11 +126,17 @@ class ChunkedUpload {
     const b = this.#b;
     // Streamed from the file when the reader can; from memory once a streamed
     // chunk had to be sent again (a redirect or a token refresh on a PATCH).
+    const learned = this.#ctx.learned;
     const stream = !this.#buffered && this.#reader.stream;
-    const length = Math.min(
+    const ranged = !stream || tuning.rangedStreams || learned.noStreamed === true;
+    let length = Math.min(
       stream ? tuning.streamChunkSize : tuning.chunkSize,
       b.size - this.#offset,
     );
+    if (ranged && learned.maxChunk) length = Math.min(length, learned.maxChunk);
+    if (ranged && learned.minChunk) {
+      length = Math.min(Math.max(length, learned.minChunk), b.size - this.#offset);
+    }
     const at = this.#offset;
     const data: ChunkBody = stream
       ? {
@@ -113,10 +145,15 @@ class ChunkedUpload {
       }
       : await this.#reader.read(at, length, this.#ctx.signal);
     result.transferred += length;
-    const next = await sendChunk(this.#ctx, b, this.#location, at, data);
+    const next = await sendChunk(this.#ctx, b, this.#location, at, data, ranged);
     this.#location = next.location;
     const expected = at + length;
-    if (next.offset < expected) return await this.#shortAck(next, expected);
+    if (next.offset < expected && at > 0 && (learned.rangeUnreliable || next.offset <= at)) {
+      // Taken (2xx) but the Range did not move: it sticks (ECR's stays at the end of the first
+      // chunk, aws/containers-roadmap#2831). Count the bytes ourselves; the commit's digest
+      // check still decides.
+      learned.rangeUnreliable = true;
+    } else if (next.offset < expected) return await this.#shortAck(next, expected);
     this.#offset = expected;
     if (this.#offset > this.#furthest) {
       this.#furthest = this.#offset;
@@ -171,6 +208,7 @@ class ChunkedUpload {
   /** Decides how to go on after `err`: returns to try again, throws to give up. */
   async #recover(err: unknown): Promise<void> {
     const cause = unwrapCause(err);
+    if (await this.#adapt(err, cause)) return;
     if (cause instanceof ReplayNeeded && !this.#buffered) {
       // Redirected or challenged before the registry took any of it: the same
       // chunk again, from memory, which the transport can replay.
@@ -204,6 +242,48 @@ class ChunkedUpload {
     }
     await pause(this.#ctx, this.#b, this.#attempt++, err);
     await this.#resync(err);
+  }
+
+  /**
+   * A PATCH refused for what it is rather than for a passing fault: too large (413, or 416
+   * "exceeds the maximum permissible limit of 4.00MiB" from GHCR) → smaller chunks; no PATCH
+   * at all (405, 501) → monolithic. What is learnt holds for the rest of the run. True when
+   * the upload goes on (from where the session stands, or in the new way).
+   */
+  async #adapt(err: unknown, cause: unknown): Promise<boolean> {
+    if (!(err instanceof UploadStepError) || !(cause instanceof RegistryError)) return false;
+    if (!err.step.startsWith("sending bytes") || this.#adaptations++ > 8) return false;
+    const learned = this.#ctx.learned;
+    if (cause.status === 405 || cause.status === 501) {
+      learned.monolithic = true;
+      throw new Monolithic();
+    }
+    if (cause.status !== 413 && cause.status !== 416) return false;
+    const limit = parseSizeLimit(cause.message);
+    // A 416 that names no limit is distribution's "Content-Range does not follow on".
+    if (cause.status === 416 && limit === undefined && !/too large/i.test(cause.message)) {
+      return false;
+    }
+    const sent = /^sending bytes (\d+)-(\d+)/.exec(err.step);
+    const tried = sent ? Number(sent[2]) - Number(sent[1]) + 1 : this.#ctx.tuning.chunkSize;
+    const next = Math.min(limit ?? Math.floor(tried / 2), tried - 1, learned.maxChunk ?? Infinity);
+    if (next < MIN_CHUNK) {
+      learned.monolithic = true;
+      throw new Monolithic();
+    }
+    learned.maxChunk = next;
+    if (!this.#buffered && !this.#ctx.tuning.rangedStreams && this.#reader.stream) {
+      learned.noStreamed = true; // even an unranged stream was too large
+    }
+    this.#ctx.emit({
+      type: "retry",
+      digest: this.#b.digest,
+      attempt: this.#adaptations,
+      reason: `the registry takes at most ${next} bytes per PATCH (${cause.message})`,
+      delayMs: 0,
+    });
+    await this.#resync(err);
+    return true;
   }
 
   /** After a failure worth retrying: on in the session where it stands, or in a new one. */

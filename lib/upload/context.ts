@@ -4,6 +4,7 @@
  */
 import type { OnProgress } from "../progress_events.ts";
 import type { Blob } from "../registry/manifest.ts";
+import type { RegistryTraits } from "../registry/session.ts";
 import type { RetryPolicy } from "../transport/retry.ts";
 import type { UploadTarget } from "./target.ts";
 import type { OpenBlob, Tuning, UploadResult } from "./options.ts";
@@ -31,6 +32,8 @@ export interface UploadContext {
   readonly storeDir?: string;
   /** Send the bytes as Ollama's registry wants them (redirected.ts). */
   readonly redirectUploads: boolean;
+  /** What the registry has shown it wants (the session's, shared by the run). */
+  readonly learned: RegistryTraits;
 }
 
 /** Bytes in place per blob, summed for `onProgress`, with per-blob events. */

@@ -14,8 +14,10 @@ export interface UploadTuning {
   /**
    * Bytes per PATCH request; blobs up to this size go up in a single PUT. Without
    * it: blobs up to 16 MiB go up in one PUT, larger ones from a file are streamed
-   * in 256 MiB PATCHes (read as they are sent, so memory does not grow with the
-   * chunk), and sources that cannot stream (copy) send 16 MiB chunks from memory.
+   * in 256 MiB PATCHes without Content-Range (a streamed upload, as docker push sends
+   * it: read as sent, so memory does not grow with the chunk, and taken by registries
+   * that cap ranged chunks, like GHCR's 4 MiB), and sources that cannot stream (copy)
+   * send 16 MiB chunks from memory. Given, every PATCH carries its Content-Range.
    * @default see above
    */
   chunkSize?: number;
@@ -100,7 +102,11 @@ export interface UploadResult {
 }
 
 /** {@link UploadTuning} with every default filled in. */
-export type Tuning = Required<UploadTuning> & { streamChunkSize: number };
+export type Tuning = Required<UploadTuning> & {
+  streamChunkSize: number;
+  /** Streamed PATCHes carry Content-Range and Content-Length (`chunkSize` was given). */
+  rangedStreams: boolean;
+};
 
 /** The tuning with its defaults, checked. */
 export function tuningFrom(o: UploadTuning): Tuning {
@@ -113,5 +119,5 @@ export function tuningFrom(o: UploadTuning): Tuning {
   if (!Number.isInteger(chunkSize) || chunkSize < 1 << 16 || chunkSize > 1 << 30) {
     throw new RangeError(`chunkSize must be an integer from 64 KiB to 1 GiB, got ${chunkSize}`);
   }
-  return { concurrency, chunkSize, streamChunkSize };
+  return { concurrency, chunkSize, streamChunkSize, rangedStreams: o.chunkSize !== undefined };
 }

@@ -25,7 +25,7 @@ import {
 } from "./errors.ts";
 import { pause } from "./retry.ts";
 import { openSession } from "./session.ts";
-import { OCTET, parseUploadRange } from "./target.ts";
+import { OCTET, parseUploadRange, withDigest } from "./target.ts";
 
 /** A chunk's body: bytes in memory, or read as it is sent (`Blob`: replayable; stream: once). */
 export type ChunkBody = Uint8Array | {
@@ -52,22 +52,29 @@ export async function sendChunk(
   location: string,
   offset: number,
   data: ChunkBody,
+  ranged = true,
 ): Promise<ChunkAck> {
   const streamed = !(data instanceof Uint8Array);
   const length = streamed ? data.length : data.byteLength;
   const step = `sending bytes ${offset}-${offset + length - 1} of ${b.digest}`;
-  const headers: Record<string, string> = {
-    "content-type": OCTET,
-    "content-length": String(length),
-    "content-range": `${offset}-${offset + length - 1}`,
-  };
-  const once = streamed && !(data.stream instanceof globalThis.Blob);
+  const headers: Record<string, string> = { "content-type": OCTET };
+  if (ranged || !streamed) {
+    headers["content-length"] = String(length);
+    headers["content-range"] = `${offset}-${offset + length - 1}`;
+  }
+  // Unranged: a streamed upload (chunked, no Content-Range), even from a file slice.
+  const stream = streamed && !ranged && data.stream instanceof globalThis.Blob
+    ? data.stream.stream() as ReadableStream<Uint8Array<ArrayBuffer>>
+    : streamed
+    ? data.stream
+    : undefined;
+  const once = stream !== undefined && !(stream instanceof globalThis.Blob);
   if (once) headers[SEND_ONCE] = "1";
   const res = await ctx.target.send(
     new Request(location, {
       method: "PATCH",
       headers,
-      body: streamed ? data.stream : data as Uint8Array<ArrayBuffer>,
+      body: stream ?? data as Uint8Array<ArrayBuffer>,
       signal: ctx.signal,
       // deno-lint-ignore no-explicit-any
       ...(once ? { duplex: "half" } as any : {}),
@@ -75,7 +82,8 @@ export async function sendChunk(
     step,
     length,
   );
-  if (res.status !== 202 && res.status !== 204) {
+  // ECR answers a PATCH with 201 (kitops-ml/kitops, jdx/mise#11376).
+  if (res.status !== 202 && res.status !== 204 && res.status !== 201) {
     return await ctx.target.fail(res, "PATCH", location, step);
   }
   await res.body?.cancel().catch(() => {});
@@ -88,6 +96,60 @@ export async function sendChunk(
     offset: reported !== undefined && reported < expected ? reported : expected,
     range: res.headers.get("range"),
   };
+}
+
+/**
+ * The whole blob in one `PUT <location>?digest=` (a registry without chunked uploads:
+ * Artifact Registry), streamed from the file; a failure worth it is tried again in a new
+ * session.
+ */
+export async function sendMonolithic(
+  ctx: UploadContext,
+  b: Blob,
+  first: string,
+  reader: BlobReader,
+): Promise<void> {
+  let location = first;
+  for (let attempt = 0;; attempt++) {
+    const url = withDigest(location, b.digest);
+    const step = `sending ${b.digest} in one PUT (${b.size} bytes, monolithic)`;
+    const body = reader.stream
+      ? reader.stream(0, b.size, (n) => ctx.progress.sent(b, n))
+      : await reader.read(0, b.size, ctx.signal) as Uint8Array<ArrayBuffer>;
+    const once = body instanceof ReadableStream;
+    ctx.result.transferred += b.size;
+    try {
+      const res = await ctx.target.send(
+        new Request(url, {
+          method: "PUT",
+          headers: {
+            "content-type": OCTET,
+            "content-length": String(b.size),
+            ...(once ? { [SEND_ONCE]: "1" } : {}),
+          },
+          body,
+          signal: ctx.signal,
+          // deno-lint-ignore no-explicit-any
+          ...(once ? { duplex: "half" } as any : {}),
+        }),
+        step,
+        b.size,
+      );
+      if (res.status !== 201 && res.status !== 204 && res.status !== 200) {
+        return await ctx.target.fail(res, "PUT", url, step);
+      }
+      await res.body?.cancel().catch(() => {});
+      return;
+    } catch (err) {
+      ctx.progress.sent(b, 0);
+      if (!(err instanceof UploadStepError) || !err.retryable || attempt >= ctx.policy.maxRetries) {
+        throw unwrap(err);
+      }
+      await pause(ctx, b, attempt, err);
+      if (await checkBlob(ctx, b)) return;
+      location = await openSession(ctx, b);
+    }
+  }
 }
 
 /** A small blob: one PUT with the bytes; a failed attempt starts a new session. */

@@ -33,6 +33,9 @@ export async function postSession(ctx: UploadContext, b: Blob): Promise<string> 
   );
   if (res.status === 202) {
     await res.body?.cancel().catch(() => {});
+    // distribution-spec 1.1: chunks (but the last) must be at least this long.
+    const min = Number(res.headers.get("oci-chunk-min-length"));
+    if (Number.isSafeInteger(min) && min > 0) ctx.learned.minChunk = min;
     return ctx.target.location(res, url, "POST", step);
   }
   return await ctx.target.fail(res, "POST", url, step);

@@ -146,6 +146,7 @@ function contextFor(
     srcDir,
     storeDir: options.open ? undefined : srcDir,
     redirectUploads: options.redirectUploads ?? false,
+    learned: session.learned,
   };
 }
 
