@@ -1,5 +1,8 @@
-/** Debian's docker-registry (distribution 2.8) as a child process on loopback. */
-import { type ChildProcess, spawn } from "node:child_process";
+/**
+ * A real registry as a child process on loopback: Debian's docker-registry (distribution 2.8,
+ * the default) or distribution 3's `registry` (the pinned build of scripts/go_peers.sh).
+ */
+import { type ChildProcess, execFile, spawn } from "node:child_process";
 import * as crypto from "node:crypto";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
@@ -8,7 +11,53 @@ import * as https from "node:https";
 import * as path from "node:path";
 import { makeCert, makeTlsCert } from "./certs.ts";
 import { startTokenServer, type TokenServer } from "./token_server.ts";
-import { freePort, run, sleep, tail, terminate, tmpDir } from "./util.ts";
+import process from "node:process";
+import { freePort, REPO_ROOT, run, sleep, tail, terminate, tmpDir } from "./util.ts";
+
+/** Which registry: Debian's docker-registry 2.8 or distribution v3 (go_peers.sh's registry3). */
+export type RegistryImpl = "distribution2" | "distribution3";
+
+/** The implementations, with the name tests print. */
+export const REGISTRY_IMPLS: readonly { impl: RegistryImpl; name: string }[] = [
+  { impl: "distribution2", name: "distribution 2.8 (Debian)" },
+  { impl: "distribution3", name: "distribution 3" },
+];
+
+let peersBin: Promise<string> | undefined;
+
+/**
+ * Path of a pinned Go peer built by scripts/go_peers.sh (`registry3`, `crane`, `oras`, ...):
+ * `$envVar` when set (scripts/test.sh sets HAUL_REGISTRY3, HAUL_CRANE, HAUL_ORAS), else
+ * go_peers.sh is run (it builds what is missing, once). Rejects when the peer cannot be had:
+ * a test that needs it fails, it never skips.
+ */
+export function goPeer(name: string, envVar: string): Promise<string> {
+  const given = process.env[envVar];
+  const file = given ? Promise.resolve(given) : (peersBin ??= new Promise<string>(
+    (resolve, reject) => {
+      execFile(
+        "bash",
+        [path.join(REPO_ROOT, "scripts/go_peers.sh")],
+        { maxBuffer: 1 << 20 },
+        (err, stdout, stderr) => {
+          if (err) reject(new Error(`go_peers.sh failed: ${stderr || err.message}`));
+          else resolve(stdout.trim().split("\n").pop()!);
+        },
+      );
+    },
+  )).then((bin) => path.join(bin, name));
+  return file.then((f) => {
+    if (!fs.existsSync(f)) throw new Error(`${name} is not available: no ${f} (${envVar})`);
+    return f;
+  }, (e) => {
+    throw new Error(`${name} is not available: ${(e as Error).message}`);
+  });
+}
+
+/** The command that serves a config file, for `impl`. */
+async function registryCommand(impl: RegistryImpl): Promise<string> {
+  return impl === "distribution3" ? await goPeer("registry3", "HAUL_REGISTRY3") : "docker-registry";
+}
 
 export interface Registry {
   /** http://127.0.0.1:PORT (https:// with tls). */
@@ -16,6 +65,8 @@ export interface Registry {
   /** 127.0.0.1:PORT */
   host: string;
   port: number;
+  /** Which implementation this is. */
+  impl: RegistryImpl;
   /** Temp dir holding storage, config, keys and the log. */
   dir: string;
   /** The registry's storage root (filesystem driver). */
@@ -32,6 +83,8 @@ export interface Registry {
 }
 
 export interface RegistryOptions {
+  /** Default "distribution2" (Debian's docker-registry 2.8). */
+  impl?: RegistryImpl;
   auth?: "none" | "basic" | "token";
   /** Default `{ alice: "wonderland" }`. */
   users?: Record<string, string>;
@@ -44,6 +97,11 @@ export interface RegistryOptions {
   tls?: true | { certFile: string; keyFile: string; caFile?: string };
   /** With auth "token": anonymous pulls allowed (default true). */
   anonymousPull?: boolean;
+  /**
+   * With auth "token": the host the realm names instead of 127.0.0.1, e.g. "localhost" (crane
+   * refuses a realm on a private IP literal other than the registry's own host:port).
+   */
+  realmHost?: string;
   /** Keep the temp dir after stop() (for post-mortems). */
   keepDir?: boolean;
 }
@@ -52,6 +110,13 @@ export const TOKEN_SERVICE = "haul-test-registry";
 export const TOKEN_ISSUER = "haul-test-issuer";
 
 const q = (s: string) => JSON.stringify(s); // a JSON string is a valid YAML double-quoted scalar
+
+function realmUrl(url: string, host?: string): string {
+  if (!host) return url;
+  const u = new URL(url);
+  u.hostname = host;
+  return u.href;
+}
 
 /** GET /v2/ once; resolves the status, or 0 when nothing answers yet. */
 function probe(url: string, caFile?: string): Promise<number> {
@@ -71,10 +136,15 @@ function probe(url: string, caFile?: string): Promise<number> {
 }
 
 /**
- * Starts `docker-registry serve` on a free loopback port with its own config (Debian's default
- * one is broken) and waits for /v2/ to answer 200 or 401.
+ * Starts `docker-registry serve` (or distribution 3's `registry serve`, with `impl`) on a free
+ * loopback port with its own config (Debian's default one is broken) and waits for /v2/ to
+ * answer 200 or 401. Both read the same config: distribution 3 kept 2.8's format for every key
+ * written here (configuration/configuration.go), and its token auth still verifies an x5c
+ * chain against rootcertbundle.
  */
 export async function startRegistry(opts: RegistryOptions = {}): Promise<Registry> {
+  const impl = opts.impl ?? "distribution2";
+  const command = await registryCommand(impl);
   const auth = opts.auth ?? "none";
   const users = opts.users ?? { alice: "wonderland" };
   const dir = await tmpDir("haul-registry");
@@ -120,7 +190,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
       authLines.push(
         "auth:",
         "  token:",
-        `    realm: ${q(token.url)}`,
+        `    realm: ${q(realmUrl(token.url, opts.realmHost))}`,
         `    service: ${q(TOKEN_SERVICE)}`,
         `    issuer: ${q(TOKEN_ISSUER)}`,
         `    rootcertbundle: ${q(keys.certFile)}`,
@@ -172,12 +242,16 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
       // Redirection by the shell works the same under Deno and Bun; exec keeps the pid the registry's.
       child = spawn("sh", [
         "-c",
-        'exec docker-registry serve "$1" >>"$2" 2>&1',
-        "sh",
+        'exec "$0" serve "$1" >>"$2" 2>&1',
+        command,
         configFile,
         logFile,
       ], {
         stdio: "ignore",
+        // distribution 3 exports traces to localhost:4318 unless told not to.
+        env: impl === "distribution3"
+          ? { ...process.env, OTEL_TRACES_EXPORTER: "none" }
+          : undefined,
       });
       const scheme = tls ? "https" : "http";
       const url = `${scheme}://127.0.0.1:${port}`;
@@ -195,6 +269,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
           url,
           host: `127.0.0.1:${port}`,
           port,
+          impl,
           dir,
           storage,
           configFile,
@@ -214,7 +289,7 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
       await terminate(child);
       child = undefined;
       if (attempt < 3 && /address already in use/.test(log)) continue;
-      throw new Error(`docker-registry did not answer on ${url} within 15 s; log tail:\n${log}`);
+      throw new Error(`${command} did not answer on ${url} within 15 s; log tail:\n${log}`);
     }
   } catch (e) {
     await cleanup();
