@@ -6,7 +6,7 @@
  * to requests for the registry host they were issued for.
  */
 import { type Challenge, parseChallenges, pickChallenge } from "./challenge.ts";
-import { type Credential, loadCredential } from "./credentials.ts";
+import { type Credential, IDENTITY_TOKEN_USERNAME, loadCredential } from "./credentials.ts";
 import { fetchOllamaToken, type OllamaKey } from "./ollama_key.ts";
 import { AuthError, redactUrl } from "../errors.ts";
 import { type Fetch, ReplayNeeded, SEND_ONCE } from "../transport/fetch.ts";
@@ -193,12 +193,29 @@ export class Authenticator {
     const cred = await this.#getCredential();
     const registryHostname = this.host.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
     const realmHostname = realmUrl.hostname.replace(/^\[|\]$/g, "");
-    if (cred && (realmUrl.protocol === "https:" || realmHostname === registryHostname)) {
-      headers.set("authorization", "Basic " + btoa(`${cred.username}:${cred.password}`));
+    const sendCred = cred && (realmUrl.protocol === "https:" || realmHostname === registryHostname);
+    let req: Request;
+    if (sendCred && cred.username === IDENTITY_TOKEN_USERNAME) {
+      // An identity token (ACR's `identitytoken`) is an OAuth2 refresh token: POST it to the
+      // realm (docker's fetchTokenWithOAuth; Azure/acr docs/AAD-OAuth.md).
+      const form = new URLSearchParams({
+        grant_type: "refresh_token",
+        client_id: "haul",
+        service,
+        scope: scopes.join(" "),
+        refresh_token: cred.password,
+      });
+      headers.set("content-type", "application/x-www-form-urlencoded");
+      req = new Request(realmUrl, { method: "POST", headers, body: form.toString(), signal });
+    } else {
+      if (sendCred) {
+        headers.set("authorization", "Basic " + btoa(`${cred.username}:${cred.password}`));
+      }
+      req = new Request(url, { headers, signal });
     }
     let res: Response;
     try {
-      res = await this.#opts.fetch(new Request(url, { headers, signal }));
+      res = await this.#opts.fetch(req);
     } catch (err) {
       if (signal?.aborted) throw err;
       throw new AuthError(
