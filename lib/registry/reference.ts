@@ -2,7 +2,7 @@
  * Model / image references: `[scheme://][host[:port]/]path[:tag][@sha256:<hex>]`.
  *
  * Defaults follow Ollama (host `registry.ollama.ai`, namespace `library`, tag `latest`); the
- * repository grammar follows the OCI distribution spec (lower-case only). A parsed reference is
+ * repository grammar follows the OCI distribution spec, with upper case allowed as Ollama allows it. A parsed reference is
  * safe to turn into a store path: no component can be empty, `.`, `..` or contain a separator.
  */
 
@@ -62,7 +62,10 @@ const MAX_COMPONENT = 80;
 const MAX_REPOSITORY = 255;
 
 // OCI distribution spec, "Pulling manifests": path components and tags.
-const COMPONENT_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
+// Upper case is allowed as Ollama allows it (types/model/name.go isValidPart), kept as written:
+// Hugging Face repositories are mixed case (hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF). A
+// registry that keeps to the OCI spec's lower case answers NAME_INVALID itself.
+const COMPONENT_RE = /^[A-Za-z0-9]+(?:(?:[._]|__|-+)[A-Za-z0-9]+)*$/;
 const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 // Host labels: letters, digits, '-' and '_' inside (Ollama accepts '_', Docker does not).
@@ -252,10 +255,7 @@ function checkComponent(part: string): string | undefined {
     return `path component "${part}" is longer than ${MAX_COMPONENT} characters`;
   }
   if (!COMPONENT_RE.test(part)) {
-    if (part !== part.toLowerCase() && COMPONENT_RE.test(part.toLowerCase())) {
-      return `repository must be lower-case (OCI distribution spec): "${part}"`;
-    }
-    return `path component "${part}" must be lower-case letters and digits separated by ` +
+    return `path component "${part}" must be letters and digits separated by ` +
       `'.', '_', '__' or '-'`;
   }
   return undefined;

@@ -27,7 +27,8 @@ import { DEFAULT_HOST, DEFAULT_NAMESPACE } from "../registry/reference.ts";
 export { DEFAULT_READ_SIZE, type OpenFile } from "../disk/file_stream.ts";
 
 // OCI distribution spec, "Pulling manifests": path components and tags.
-const COMPONENT_RE = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
+// Upper case as Ollama allows it (lib/registry/reference.ts): hf.co repositories are mixed case.
+const COMPONENT_RE = /^[A-Za-z0-9]+(?:(?:[._]|__|-+)[A-Za-z0-9]+)*$/;
 const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
 const HOSTNAME_RE = /^[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9_-]*[a-z0-9])?)*$/;
 const PORT_SUFFIX_RE = /^(.+)_([1-9][0-9]{0,4})$/;

@@ -132,6 +132,69 @@ PROFILES.forEach((profile, i) => {
 const ghcr = PROFILES.find((p) => p.id === "ghcr")!;
 const dockerhub = PROFILES.find((p) => p.id === "dockerhub")!;
 const artifactory = PROFILES.find((p) => p.id === "artifactory")!;
+const hf = PROFILES.find((p) => p.id === "hf")!;
+const quay = PROFILES.find((p) => p.id === "quay")!;
+
+Deno.test("OCI-Chunk-Min-Length is honoured: --chunk-size 2M against a registry asking 8 MiB sends 8 MiB chunks", async () => {
+  const registry = await startRegistry();
+  const proxy = await startProfileProxy(registry.url, quay, { chunkMinLength: 8 << 20 });
+  const dir = await tmpDir("haul-profile-minchunk");
+  const fx = makeOllamaModel({ layerSizes: [20_000_007, 300], seed: 324 });
+  try {
+    await fsp.mkdir(path.join(dir, "docker"));
+    await fsp.writeFile(path.join(dir, "docker", "config.json"), dockerConfigFor(quay, proxy.host));
+    const src = path.join(dir, "src");
+    await storeFixture(src, { host: "127.0.0.1:9", repository: "src/model" }, fx);
+    const r = await runCli([
+      "push",
+      "--insecure",
+      "--chunk-size",
+      "2M",
+      "--models",
+      src,
+      "127.0.0.1:9/src/model",
+      `${proxy.host}/team/min:1`,
+    ], { env: { DOCKER_CONFIG: path.join(dir, "docker") } });
+    assert.equal(r.code, 0, r.stderr);
+    const patches = proxy.requests.filter((q) => q.method === "PATCH").map((q) => q.bytesIn);
+    assert.equal(patches.reduce((a, b) => a + b, 0), 20_000_007);
+    assert.deepEqual(patches.slice(0, -1), [8 << 20, 8 << 20], JSON.stringify(patches));
+    assert.equal(await upstreamDigest(registry.url, "team/min", "1"), fx.manifestDigest);
+  } finally {
+    await proxy.stop();
+    await registry.stop();
+    await fx.cleanup?.();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
+Deno.test("a mixed-case hf.co model pulls by its name as written, default tag and all, and lists as Ollama names it", async () => {
+  const registry = await startRegistry();
+  const fx = makeOllamaModel({ layerSizes: [20_000_001, 600], seed: 323 });
+  // Hugging Face is case-insensitive; the registry behind the proxy holds it lower-cased.
+  await pushFixture(registry, "bartowski/llama-3.2-1b-instruct-gguf", "q4_k_m", fx);
+  const proxy = await startProfileProxy(registry.url, hf);
+  const dir = await tmpDir("haul-profile-hf");
+  try {
+    const env = { DOCKER_CONFIG: path.join(dir, "none"), DENO_CERT: proxy.caFile };
+    for (const ref of ["Llama-3.2-1B-Instruct-GGUF", "Llama-3.2-1B-Instruct-GGUF:Q4_K_M"]) {
+      const r = await runCli(
+        ["pull", "--insecure", "--models", dir, `${proxy.host}/bartowski/${ref}`],
+        { env },
+      );
+      assert.equal(r.code, 0, r.stderr);
+    }
+    await verifyStore(dir, fx);
+    const base = path.join(dir, "manifests", proxy.host, "bartowski", "Llama-3.2-1B-Instruct-GGUF");
+    assert.deepEqual((await fsp.readdir(base)).sort(), ["Q4_K_M", "latest"]);
+    const list = await runCli(["list", "--models", dir]);
+    assert.match(list.stdout, /bartowski\/Llama-3\.2-1B-Instruct-GGUF:Q4_K_M/);
+  } finally {
+    await proxy.stop();
+    await registry.stop();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
 
 Deno.test("a pull that outlives its presigned URLs (1 s expiry, about 4 s of transfer) ends verified, fetching <= 1.1x the model", async () => {
   const registry = await startRegistry();

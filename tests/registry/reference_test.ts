@@ -120,9 +120,13 @@ Deno.test("parseReference() rejects empty input and whitespace", () => {
   rejects("llama3\t", /whitespace/);
 });
 
-Deno.test("parseReference() rejects upper-case repositories, naming the OCI rule", () => {
-  rejects("Llama3", /lower-case \(OCI/);
-  rejects("user/Model:tag", /lower-case \(OCI/);
+Deno.test("parseReference() takes mixed-case repositories as Ollama does, keeping the case (hf.co)", () => {
+  const hf = parseReference("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M");
+  assert.equal(hf.host, "hf.co");
+  assert.equal(hf.repository, "bartowski/Llama-3.2-1B-Instruct-GGUF");
+  assert.equal(hf.tag, "Q4_K_M");
+  assert.equal(parseReference("user/Model:tag").repository, "user/Model");
+  rejects("user/Model-:tag", /path component "Model-"/);
 });
 
 Deno.test("parseReference() rejects bad path components", () => {
@@ -130,7 +134,7 @@ Deno.test("parseReference() rejects bad path components", () => {
   rejects("a/b-/c", /path component "b-"/);
   rejects("a/_b", /path component "_b"/);
   rejects("a/b..c", /path component "b\.\.c"/);
-  rejects("a/b:t/c", /must be lower-case letters|path component/);
+  rejects("a/b:t/c", /must be letters|path component/);
   assert.equal(parseReference("a/b__c.d-e---f").repository, "a/b__c.d-e---f");
 });
 

@@ -481,7 +481,7 @@ Deno.test("parseRepositoryName() validates every component before any path is bu
       "%2e%2e/a",
       "a\\b",
       "a//b",
-      "A/b",
+      "A-/b",
       "a/b:c",
       "host:0/a",
       "host:1:2/a",

@@ -138,6 +138,10 @@ export interface Profile {
   strictManifestTypes?: boolean;
   /** Refuse `?digest=` anywhere but in the query of a PUT (Artifactory is strict about it). */
   strictDigest?: boolean;
+  /** `OCI-Chunk-Min-Length` on the POST that opens a session (distribution-spec 1.1). */
+  chunkMinLength?: number;
+  /** Names and tags case-insensitive, `latest` meaning this tag (Hugging Face: Q4_K_M). */
+  caseInsensitive?: { defaultTag: string };
   /** Throttle request bodies (uploads) to this many bytes per second. */
   uploadRate?: number;
   /** Throttle CDN bodies to this many bytes per second. */
@@ -411,12 +415,21 @@ export const PROFILES: Profile[] = [
       anonymousPull: true,
     },
     cdnExpiresMs: 600_000,
+    caseInsensitive: { defaultTag: "Q4_K_M" },
     quirks: [
       {
         behaviour: "The 401 names realm https://huggingface.co/v2/token, another host",
         source: "ollama/ollama#15661",
         haul: "Anonymous tokens from a realm on another host; credentials only over https",
         test: "profiles_test.ts: hf pull",
+      },
+      {
+        behaviour:
+          "Repositories are mixed case (hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF); tags are case-insensitive and default to Q4_K_M",
+        source: "huggingface/hub-docs ollama.md",
+        haul:
+          "Mixed case is taken as Ollama takes it and kept as written, in requests and in the store; latest is asked for and the registry picks",
+        test: "profiles_test.ts: a mixed-case hf.co model",
       },
       {
         behaviour: "Blob GET to a signed URL, then to a CloudFront-signed cdn.hf.co URL",
@@ -695,6 +708,13 @@ export async function startProfileProxy(
   const handle = async (req: http.IncomingMessage, res: http.ServerResponse) => {
     const rec = record("registry", req, res);
     const u = new URL(req.url ?? "/", url);
+    if (p.caseInsensitive) {
+      // The registry behind keeps to lower case: names and tags go to it lower-cased.
+      u.pathname = u.pathname.toLowerCase().replace(
+        /\/manifests\/latest$/,
+        `/manifests/${p.caseInsensitive.defaultTag.toLowerCase()}`,
+      );
+    }
     const a = p.auth;
     if (a.kind === "bearer" && a.realm === "self" && u.pathname === a.path) {
       return await tokenEndpoint(req, res, rec);
@@ -732,7 +752,7 @@ export async function startProfileProxy(
       req.resume();
       return send(res, rec, 307, "", { location: cdnLink(name, rest), ...warn });
     }
-    if (kind === "blobs/uploads") return await uploads(req, res, rec, name, rest, u);
+    if (kind === "blobs/uploads") return await uploads(req, res, rec, rest, u);
     const body = method === "GET" || method === "HEAD" ? undefined : await readBody(req, rec);
     if (!body) req.resume();
     const r = await forward(req, `${u.pathname}${u.search}`, body);
@@ -798,7 +818,6 @@ export async function startProfileProxy(
     req: http.IncomingMessage,
     res: http.ServerResponse,
     rec: ProfileRequest,
-    name: string,
     rest: string,
     u: URL,
   ) => {
@@ -869,6 +888,9 @@ export async function startProfileProxy(
       r.headers["range"] = firstRange.get(id)!;
     }
     if (method === "PATCH" && p.patchCreated && r.status === 202) r.status = 201;
+    if (method === "POST" && p.chunkMinLength && r.status === 202) {
+      r.headers["oci-chunk-min-length"] = String(p.chunkMinLength);
+    }
     if (p.quayRanges && range) {
       if (method === "POST") r.headers["range"] = "bytes=0--1";
       if (method === "PATCH") r.headers["range"] = range.replace(/^bytes=/, "");
