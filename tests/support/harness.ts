@@ -5,12 +5,14 @@
  *   fixtures.ts      Ollama models and OCI images to push
  *   certs.ts         keys and certificates (openssl)
  *   token_server.ts  a Docker token server issuing ES256 JWTs
- *   registry.ts      Debian's `docker-registry` (distribution 2.8.2) on loopback
+ *   registry.ts      Debian's `docker-registry` (distribution 2.8.2), or distribution 3, on loopback
  *   pusher.ts        an independent pusher
  *   cli.ts           running the CLI (deno, bun, the binary)
  *   tree.ts          comparing stores
- * and, beside them, fault_proxy.ts (faults in front of the real registry) and
- * oci_fixtures.ts (OCI layouts and indexes).
+ * and, beside them, fault_proxy.ts (faults in front of the real registry),
+ * registry_profiles.ts (GHCR, Docker Hub, ECR… played in front of it), ollama.ts and
+ * ollama_registry.ts (stock Ollama, and Ollama's registry emulated) and oci_fixtures.ts (OCI
+ * layouts and indexes).
  *
  * Nothing here imports lib/: the fixtures and the pusher are the oracle the CLI
  * is checked against, so they must not share its bugs. Only Web APIs and `node:`
