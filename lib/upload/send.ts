@@ -63,8 +63,11 @@ export async function sendChunk(
     headers["content-range"] = `${offset}-${offset + length - 1}`;
   }
   // Unranged: a streamed upload (chunked, no Content-Range), even from a file slice.
+  // (Piped: Bun sends a Blob's own stream with its Content-Length.)
   const stream = streamed && !ranged && data.stream instanceof globalThis.Blob
-    ? data.stream.stream() as ReadableStream<Uint8Array<ArrayBuffer>>
+    ? data.stream.stream().pipeThrough(new TransformStream()) as ReadableStream<
+      Uint8Array<ArrayBuffer>
+    >
     : streamed
     ? data.stream
     : undefined;

@@ -196,6 +196,38 @@ Deno.test("a mixed-case hf.co model pulls by its name as written, default tag an
   }
 });
 
+Deno.test("GHCR's 4 MiB cap under the Bun runtime too: the push streams unranged, 1.0x the bytes", async () => {
+  const registry = await startRegistry();
+  const proxy = await startProfileProxy(registry.url, ghcr);
+  const dir = await tmpDir("haul-profile-ghcr-bun");
+  const fx = makeOllamaModel({ layerSizes: [LAYER, 900], seed: 325 });
+  const total = fx.blobs.reduce((n, b) => n + b.size, 0);
+  try {
+    await fsp.mkdir(path.join(dir, "docker"));
+    await fsp.writeFile(path.join(dir, "docker", "config.json"), dockerConfigFor(ghcr, proxy.host));
+    const src = path.join(dir, "src");
+    await storeFixture(src, { host: "127.0.0.1:9", repository: "src/model" }, fx);
+    const r = await runCli([
+      "push",
+      "--insecure",
+      "--models",
+      src,
+      "127.0.0.1:9/src/model",
+      `${proxy.host}/team/bun:1`,
+    ], { env: { DOCKER_CONFIG: path.join(dir, "docker") }, runtime: "bun" });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(await upstreamDigest(registry.url, "team/bun", "1"), fx.manifestDigest);
+    const sent = uploadBytes(proxy);
+    assert(sent <= 1.1 * total, `sent ${sent} bytes for ${total}`);
+    assert(!proxy.requests.some((q) => q.status === 416), "no PATCH hit the cap");
+  } finally {
+    await proxy.stop();
+    await registry.stop();
+    await fx.cleanup?.();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
 Deno.test("a pull that outlives its presigned URLs (1 s expiry, about 4 s of transfer) ends verified, fetching <= 1.1x the model", async () => {
   const registry = await startRegistry();
   const fx = makeOllamaModel({ layerSizes: [LAYER, 700], seed: 320 });
