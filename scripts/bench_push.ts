@@ -11,7 +11,7 @@
  * layer it finds uncompressed before pushing it to a registry, which would
  * measure gzip, not the transfer.
  *
- *   deno run -A scripts/bench_push.ts [--size 2G] [--runs 3] [--chunk-sizes 16M,64M]
+ *   deno run -A scripts/bench_push.ts [--size 2G] [--runs 3] [--chunk-sizes default,16M,64M]
  *     [--tools haul,skopeo,haul-bun] [--storage DIR]
  *
  * `--storage` puts the registries' storage elsewhere (e.g. /dev/shm, to take the
@@ -192,8 +192,8 @@ try {
             "push",
             "--insecure",
             "--quiet",
-            "--chunk-size",
-            chunk,
+            // "default": no --chunk-size (haul's own choice).
+            ...(chunk === "default" ? [] : ["--chunk-size", chunk]),
             "--models",
             models,
             "bench.local/library/bench:latest",

@@ -63,11 +63,8 @@ export async function sendChunk(
     headers["content-range"] = `${offset}-${offset + length - 1}`;
   }
   // Unranged: a streamed upload (chunked, no Content-Range), even from a file slice.
-  // (Piped: Bun sends a Blob's own stream with its Content-Length.)
   const stream = streamed && !ranged && data.stream instanceof globalThis.Blob
-    ? data.stream.stream().pipeThrough(new TransformStream()) as ReadableStream<
-      Uint8Array<ArrayBuffer>
-    >
+    ? pulledFrom(data.stream)
     : streamed
     ? data.stream
     : undefined;
@@ -154,6 +151,27 @@ export async function sendMonolithic(
     }
   }
 }
+
+/**
+ * A Blob (Bun's file slice) as a stream read 1 MiB at a time as it is sent. Not the Blob's own
+ * `stream()`: Bun sends that with the Blob's Content-Length (a ranged-size body to a registry
+ * that caps those), and piping it reads the file ahead without backpressure (457 MiB peak RSS
+ * for a 1 GiB push, against 47 MiB).
+ */
+function pulledFrom(blob: globalThis.Blob): ReadableStream<Uint8Array<ArrayBuffer>> {
+  let at = 0;
+  return new ReadableStream<Uint8Array<ArrayBuffer>>({
+    async pull(c) {
+      if (at >= blob.size) return c.close();
+      const end = Math.min(blob.size, at + PULL_PIECE);
+      const piece = new Uint8Array(await blob.slice(at, end).arrayBuffer());
+      at = end;
+      c.enqueue(piece);
+    },
+  }, { highWaterMark: 2 });
+}
+
+const PULL_PIECE = 1 << 20;
 
 /** A small blob: one PUT with the bytes; a failed attempt starts a new session. */
 export async function sendWhole(
