@@ -43,6 +43,7 @@ import {
   run,
 } from "./bench/measure.ts";
 import { type Nginx, startNginx } from "./bench/nginx.ts";
+import { type LatencyProxy, startLatencyProxy } from "./bench/latency_proxy.ts";
 import {
   type Check,
   fmtBytes,
@@ -71,7 +72,7 @@ not run this time are kept from the previous results file.
   --quick           small blobs, 1 round: a smoke run in under two minutes;
                     writes bench/RESULTS-quick.md, ratios-quick.svg, results-quick.json
   --runs N          rounds per scenario (default 5; quick 1)
-  --scenario LIST   subset of P1,P2,P3,P4,P5,P6
+  --scenario LIST   subset of P1,P2,P3,P4,P5,P6,P8
   --no-bin          skip dist/haul even when it exists
   --settle SECS     wait after dropping the cache and warming the source (default
                     5; quick 1): see "Page cache and guest memory" in RESULTS.md
@@ -114,7 +115,7 @@ if (!Number.isInteger(ROUNDS) || ROUNDS < 1) {
   console.error(`--runs must be a positive integer, got ${opt.runs}`);
   Deno.exit(2);
 }
-const ALL = ["P1", "P2", "P3", "P4", "P5", "P6"];
+const ALL = ["P1", "P2", "P3", "P4", "P5", "P6", "P8"];
 const SELECTED = opt.scenario ? opt.scenario.split(",").map((s) => s.trim().toUpperCase()) : ALL;
 for (const s of SELECTED) {
   if (!ALL.includes(s)) {
@@ -885,6 +886,148 @@ async function p3(): Promise<ScenarioBody> {
   };
 }
 
+/** A Go peer built by scripts/go_peers.sh (HAUL_CRANE, HAUL_ORAS), if there. */
+function goPeer(name: string, env: string): string | undefined {
+  const p = process.env[env] ?? path.join(os.homedir(), ".cache", "haul", "peers", "bin", name);
+  return fs.existsSync(p) ? p : undefined;
+}
+
+function latencyCounter(p: LatencyProxy): ByteCounter {
+  return { mark: () => p.bytesOut(), since: (m) => Promise.resolve(p.bytesOut() - m) };
+}
+
+/** The OCI layout in `dir` holds `count` layers (and a config): a peer's check. */
+async function layoutHas(dir: string, count: number): Promise<string | undefined> {
+  const n = await fsp.readdir(path.join(dir, "blobs", "sha256")).then((a) => a.length, () => 0);
+  return n >= count + 1 ? undefined : `only ${n} blobs in ${dir}`;
+}
+
+/** P8: the P3 model (many small blobs) from a registry 50 ms away. */
+async function p8(): Promise<ScenarioBody> {
+  const { p3Count: count, p3Size: each } = SIZES;
+  const f = await fixture(`p3-${count}x${each}`, Array(count).fill(each), 33);
+  const reg = await mainRegistry();
+  const lat = await startLatencyProxy(reg.url, { connectMs: 50, requestMs: 50 });
+  try {
+    const ref = `${lat.host}/${f.repo}:${f.tag}`;
+    const counter = () => latencyCounter(lat);
+    const list = path.join(workDir, "p8-aria2.txt");
+    await fsp.writeFile(
+      list,
+      f.layers.map((l) => `${lat.url}/v2/${f.repo}/blobs/${l.digest}\n  out=${l.digest.slice(7)}`)
+        .join("\n") + "\n",
+    );
+    const crane = goPeer("crane", "HAUL_CRANE");
+    const oras = goPeer("oras", "HAUL_ORAS");
+    const tools: Tool[] = [
+      ...haulKinds().map((k) => ({ ...haulPullTool(k, ref, f), bytes: counter })),
+      {
+        id: "aria2c",
+        label: "aria2c -j16 -i LIST (no verification)",
+        cmd: () => [
+          "aria2c",
+          "-j16",
+          "-q",
+          "--allow-overwrite=true",
+          "--auto-file-renaming=false",
+          "-d",
+          outDir(),
+          "-i",
+          list,
+        ],
+        warm: () => [],
+        bytes: counter,
+        check: async () => {
+          const n = (await fsp.readdir(outDir())).length;
+          return n >= count ? undefined : `only ${n} files`;
+        },
+      },
+      {
+        id: "skopeo",
+        label: "skopeo copy docker:// → oci:",
+        once: true,
+        cmd: () => [
+          "skopeo",
+          "copy",
+          "-q",
+          "--preserve-digests",
+          "--src-tls-verify=false",
+          `docker://${ref}`,
+          `oci:${path.join(outDir(), "oci")}:latest`,
+        ],
+        warm: () => [],
+        bytes: counter,
+        check: () => layoutHas(path.join(outDir(), "oci"), count),
+      },
+      ...(crane
+        ? [{
+          id: "crane",
+          label: "crane pull --format=oci",
+          cmd: () => [crane, "pull", "--insecure", "--format=oci", ref, path.join(outDir(), "oci")],
+          warm: () => [],
+          bytes: counter,
+          check: () => layoutHas(path.join(outDir(), "oci"), count),
+        }]
+        : []),
+      ...(oras
+        ? [{
+          id: "oras",
+          label: "oras copy --to-oci-layout",
+          cmd: () => [
+            oras,
+            "copy",
+            "--from-plain-http",
+            ref,
+            "--to-oci-layout",
+            `${path.join(outDir(), "oci")}:latest`,
+          ],
+          warm: () => [],
+          bytes: counter,
+          check: () => layoutHas(path.join(outDir(), "oci"), count),
+        }]
+        : []),
+    ];
+    const records = await runRounds("P8", tools, ROUNDS);
+    const checks: Check[] = [];
+    for (const k of haulKinds()) {
+      const h = wallOf(records, kindId(k));
+      const peers: [string, number][] = [["aria2c", 0.5], ["skopeo", 0.1], ["crane", 0.5], [
+        "oras",
+        0.5,
+      ]];
+      for (const [peer, limit] of peers) {
+        if (!tools.some((t) => t.id === peer)) continue;
+        checks.push(ratioCheck(
+          `wall: ${kindName(k)} / ${peer}`,
+          `${kindName(k)} ≤ ${limit}× ${peer} (wall)`,
+          h,
+          wallOf(records, peer),
+          limit,
+        ));
+      }
+    }
+    return {
+      title: `${count} blobs of ${fmtBytes(each)} from a registry 50 ms away`,
+      about: [
+        `Fixture: the P3 image (${count} layers of ${each} bytes) on docker-registry ${reg.host}, behind scripts/bench/latency_proxy.ts: 50 ms before the first byte of every new connection, 50 ms before every request is forwarded (kept-alive connections to the registry).`,
+        `aria2c: \`aria2c -j16 -i LIST\` of the blob URLs (no manifest, no verification); crane ${
+          crane ? "v0.22.1" : "(not built)"
+        }, oras ${
+          oras ? "v1.3.6" : "(not built)"
+        } from scripts/go_peers.sh; skopeo in the first round only.`,
+        "Bytes: response bodies the latency proxy relayed.",
+      ],
+      tools,
+      records,
+      checks,
+      notes: [],
+      rounds: ROUNDS,
+    };
+  } finally {
+    await lat.stop();
+  }
+}
+
 async function p4(): Promise<ScenarioBody> {
   const [small, big] = SIZES.p4;
   const fs1 = await fixture(`p1-${small}`, [small], 11);
@@ -1254,6 +1397,7 @@ const SCENARIOS: Record<string, () => Promise<ScenarioBody>> = {
   P4: p4,
   P5: p5,
   P6: p6,
+  P8: p8,
 };
 
 // ---------------------------------------------------------------- main

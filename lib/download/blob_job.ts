@@ -56,6 +56,8 @@ export interface BlobContext {
   limiter?: RateLimiter;
   tuning: RangeTuning;
   slots: Semaphore;
+  /** Connections for small blobs (apart from `slots`). @default slots */
+  smallSlots?: Semaphore;
   /** Range parts at once (a gate below `slots`, opened further by the ramp). */
   parts?: PartRamp;
   /** Write buffers of `tuning.bufferSize` bytes, reused from part to part. */

@@ -22,7 +22,14 @@ export async function downloadSmall(job: BlobJob, ctx: BlobContext): Promise<num
   let failures = 0;
   let stalls = 0;
   for (;;) {
-    const release = await ctx.slots.acquire(ctx.signal);
+    const slot = await (ctx.smallSlots ?? ctx.slots).acquire(ctx.signal);
+    let held = true;
+    // The connection is free once the bytes are in: the checks, fsync and rename below run
+    // while the next blob's GET goes out (measured: 300 blobs of 64 KiB 0.85 s → see P8).
+    const release = () => {
+      if (held) slot();
+      held = false;
+    };
     let got = 0;
     try {
       const hash = new Sha256();
@@ -37,6 +44,7 @@ export async function downloadSmall(job: BlobJob, ctx: BlobContext): Promise<num
       } finally {
         ctx.writer.close(tmp);
       }
+      release();
       if (hash.bytes !== job.size) {
         throw new IntegrityError(
           `Blob ${job.digest} is ${hash.bytes} bytes, the manifest says ${job.size}`,
