@@ -168,6 +168,11 @@ async function requestRange(a: Attempt): Promise<ReadableStream<Uint8Array>> {
   return res.body;
 }
 
+/** A read under a rate limit: about 10 ms of the rate, 16 KiB to 256 KiB. */
+function limitedRead(bytesPerSec: number): number {
+  return Math.max(16 << 10, Math.min(256 << 10, Math.floor(bytesPerSec / 100)));
+}
+
 /** Fresh redirects one request may ask for before the refusal stands. */
 const MAX_RELOCATIONS = 3;
 
@@ -263,7 +268,12 @@ async function receiveBody(
       try {
         if (byob) {
           const size = a.buf.byteLength; // the read detaches buf; the result hands it back
-          const r = await byob.read(new Uint8Array(a.buf.buffer, a.filled, size - a.filled));
+          // Under --limit-rate, small reads: a stream must not take a whole buffer that
+          // piled up in its socket while it waited (a lead of 1 MiB per stream).
+          const room = ctx.limiter
+            ? Math.min(size - a.filled, limitedRead(ctx.limiter.bytesPerSec))
+            : size - a.filled;
+          const r = await byob.read(new Uint8Array(a.buf.buffer, a.filled, room));
           if (r.value) a.buf = new Uint8Array(r.value.buffer, 0, size);
           if (r.done) break;
           chunk = a.buf.subarray(a.filled, a.filled + r.value.byteLength);
@@ -295,11 +305,12 @@ async function receiveBody(
         );
       }
       a.received += chunk.byteLength;
-      onBytes(chunk.byteLength);
       if (ctx.limiter) {
+        // Counted once the bucket lets them through, so progress moves at the rate.
         await ctx.limiter.take(chunk.byteLength, a.ac.signal);
         a.lastByte = Date.now(); // time spent throttled is not a stall
       }
+      onBytes(chunk.byteLength);
       if (inPlace) {
         a.filled += chunk.byteLength;
         // Full, or a slow stream holding data for over a second: write it, so an

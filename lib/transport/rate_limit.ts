@@ -9,8 +9,11 @@ export class RateLimiter {
   #next = 0; // time (ms) when the bucket is next empty
   #burstMs: number;
 
-  /** @param bytesPerSec the cap; @param burstMs how far ahead a stream may run. @default 250 */
-  constructor(bytesPerSec: number, burstMs = 250) {
+  /**
+   * @param bytesPerSec the cap; @param burstMs how far ahead a stream may run: at most that
+   * many ms of bytes over the cap in any window (50 ms: 1% of a 5 s window). @default 50
+   */
+  constructor(bytesPerSec: number, burstMs = 50) {
     if (!(bytesPerSec > 0)) throw new RangeError(`Rate must be positive, got ${bytesPerSec}`);
     this.bytesPerSec = bytesPerSec;
     this.#burstMs = burstMs;
