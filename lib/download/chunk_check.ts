@@ -1,6 +1,7 @@
 /**
- * Chunksums (Ollama's per-chunk digests): each chunk part is hashed as it is
- * written and checked when it completes, so a bad chunk is fetched again alone.
+ * Chunksums (Ollama's per-chunk digests): parts follow the chunks; a chunk is checked from disk
+ * when the whole-blob digest fails (and when a resume finds one not yet taken), so a bad chunk
+ * is fetched again alone.
  */
 import { IntegrityError, storeError } from "../errors.ts";
 import { Sha256 } from "../digest.ts";

@@ -2,7 +2,8 @@
  * A large blob, the driver: wait for another haul pulling the same blob, open
  * (or resume) the partial file, run the Range parts (part_runner.ts) while the
  * ordered hash follows the written prefix, then check the digest and rename. A
- * digest mismatch of the assembled file starts over once, from scratch.
+ * digest mismatch of the assembled file starts over once, from scratch, or with chunksums
+ * checks every chunk from disk and fetches only the bad ones again.
  */
 import { rm, stat } from "node:fs/promises";
 import {
@@ -77,7 +78,13 @@ async function waitForOtherHaul(
   });
 }
 
-/** Digest mismatch of the assembled file: start over once, from scratch. */
+/** The whole-blob digest failed where chunksums can tell which chunks are bad. */
+class ChunksToCheck extends IntegrityError {}
+
+/**
+ * Digest mismatch of the assembled file: once more, from scratch, or (with chunksums) with
+ * every chunk checked from disk and only the bad ones fetched again.
+ */
 async function downloadStartingOverOnce(job: BlobJob, ctx: BlobContext): Promise<number> {
   let transferred = 0;
   let credited = 0;
@@ -94,7 +101,7 @@ async function downloadStartingOverOnce(job: BlobJob, ctx: BlobContext): Promise
       return transferred;
     } catch (err) {
       if (err instanceof IntegrityError && !(err instanceof RangeLie) && round === 0) {
-        await discardPartial(job);
+        if (!(err instanceof ChunksToCheck)) await discardPartial(job);
         ctx.onBytes(-credited);
         credited = 0;
         continue;
@@ -145,7 +152,8 @@ function startRun(
     job,
     ctx,
     state,
-    queue: state.parts.filter((p) => p.done < p.size),
+    // Unfinished parts, and finished chunks not yet checked (after a whole-digest mismatch).
+    queue: state.parts.filter((p) => p.done < p.size || (p.digest && !p.verified)),
     hasher: createFileHasher(job.partialPath, { inline: !ctx.tuning.hashWorker }),
     blobAbort: new AbortController(),
     attempts: new Set(),
@@ -172,10 +180,17 @@ async function finishLarge(run: LargeRun): Promise<void> {
     throw storeError("read back", job.partialPath, e);
   }
   if (result.digest !== job.digest) {
+    const message =
+      `Digest mismatch for ${job.digest}: the downloaded data hashes to ${result.digest}`;
+    if (state.parts.some((p) => p.digest)) {
+      // With chunksums the partial file is kept: each chunk is checked from disk on the
+      // next round and only the bad ones are fetched again.
+      for (const p of state.parts) p.verified = false;
+      await run.saver.save(true);
+      throw new ChunksToCheck(message);
+    }
     await discardPartial(job);
-    throw new IntegrityError(
-      `Digest mismatch for ${job.digest}: the downloaded data hashes to ${result.digest}`,
-    );
+    throw new IntegrityError(message);
   }
   await run.sync.settled();
   await finalize(job.partialPath, job.path);

@@ -12,7 +12,7 @@ import type { FileHasher } from "../disk/hasher.ts";
 import { backoffDelay, sleep } from "../transport/retry.ts";
 import type { BlobContext, BlobJob } from "./blob_job.ts";
 import { type AttemptHooks, runAttempt } from "./attempt.ts";
-import { checkChunk, ChunkMismatch, primeChunkHash } from "./chunk_check.ts";
+import { checkChunk, ChunkMismatch } from "./chunk_check.ts";
 import type { BackgroundSync, State, StateSaver } from "./partial_file.ts";
 import { type Part, watermark } from "./plan_parts.ts";
 import { classify } from "./retry_verdict.ts";
@@ -70,6 +70,20 @@ export async function runWorker(run: LargeRun): Promise<void> {
 async function runPart(run: LargeRun, part: Part): Promise<void> {
   const pr: PartRun = { part, failures: 0, stalls: 0, slows: 0 };
   const { blobAbort } = run;
+  if (part.digest && !part.verified && part.done === part.size) {
+    // A finished chunk not yet checked (a resume, or the whole digest failed): check it from
+    // disk; a bad one is fetched again below, alone.
+    try {
+      await checkChunk(run.job, part, undefined);
+      run.hasher.advance(watermark(run.state.parts));
+      return;
+    } catch (err) {
+      if (!(err instanceof ChunkMismatch)) throw err;
+      run.ctx.onBytes(-part.done);
+      part.done = 0;
+      void run.saver.save(true);
+    }
+  }
   while (pr.part.done < pr.part.size) {
     if (blobAbort.signal.aborted) return;
     const release = await acquireConnection(run);
@@ -113,24 +127,16 @@ async function acquireConnection(run: LargeRun): Promise<(() => void) | undefine
 async function attemptPart(run: LargeRun, pr: PartRun, attempt: AbortController): Promise<void> {
   const { job, ctx } = run;
   const part = pr.part;
-  if (part.digest && !part.verified && part.done === part.size) {
-    await checkChunk(job, part, undefined); // resumed complete chunk: verify it first
-    run.hasher.advance(watermark(run.state.parts));
-    return;
-  }
   const start = part.offset + part.done;
   const t0 = Date.now();
   const before = part.done;
-  // A chunk part hashes its bytes as they are written; after a restart the
-  // bytes already on disk are hashed first.
-  const chunkHash = part.digest ? await primeChunkHash(job, part) : undefined;
   await runAttempt(
     ctx,
     job,
     start,
     part.offset + part.size,
     job.partialPath,
-    chunkHash,
+    undefined,
     (n) => {
       run.transferred += n;
       run.count(n);
@@ -143,7 +149,11 @@ async function attemptPart(run: LargeRun, pr: PartRun, attempt: AbortController)
   const ms = Math.max(1, Date.now() - t0);
   if (current.size >= 1 << 20) ctx.speeds.record((current.done - before) / ms);
   if (current.digest && !current.verified && current.done === current.size) {
-    await checkChunk(job, current, chunkHash);
+    // Taken on the whole-blob digest, which the in-order hash checks anyway: hashing each
+    // chunk as well cost a second SHA-256 of every byte (1 GiB from haul serve: 1.94-2.56 s
+    // against 1.24-1.42 s). Only when the whole digest fails are the chunks checked, from
+    // disk, and the bad ones fetched again (large_blob.ts finishLarge).
+    current.verified = true;
     run.hasher.advance(watermark(run.state.parts));
     void run.saver.save();
   }

@@ -111,9 +111,12 @@ export class StateSaver {
     const now = Date.now();
     if (!force && now - this.#lastSave < 200) return;
     this.#lastSave = now;
-    await this.#saving;
-    this.#saving = saveState(this.#job, this.#state).catch(() => {});
-    await this.#saving;
+    // Chained: two saves at once must not share (and mix) the one temp file.
+    const next = (this.#saving ?? Promise.resolve()).then(() =>
+      saveState(this.#job, this.#state).catch(() => {})
+    );
+    this.#saving = next;
+    await next;
   }
   /** The save in progress, if any. */
   settled(): Promise<void> | undefined {
