@@ -44,6 +44,8 @@ import {
 } from "./bench/measure.ts";
 import { type Nginx, startNginx } from "./bench/nginx.ts";
 import { type LatencyProxy, startLatencyProxy } from "./bench/latency_proxy.ts";
+import { type OllamaServer, startOllama } from "../tests/support/ollama.ts";
+import { startServe } from "../tests/server/serve_fixtures.ts";
 import {
   type Check,
   fmtBytes,
@@ -72,7 +74,7 @@ not run this time are kept from the previous results file.
   --quick           small blobs, 1 round: a smoke run in under two minutes;
                     writes bench/RESULTS-quick.md, ratios-quick.svg, results-quick.json
   --runs N          rounds per scenario (default 5; quick 1)
-  --scenario LIST   subset of P1,P2,P3,P4,P5,P6,P8
+  --scenario LIST   subset of P1,P2,P3,P4,P5,P6,P8,P9
   --no-bin          skip dist/haul even when it exists
   --settle SECS     wait after dropping the cache and warming the source (default
                     5; quick 1): see "Page cache and guest memory" in RESULTS.md
@@ -115,7 +117,7 @@ if (!Number.isInteger(ROUNDS) || ROUNDS < 1) {
   console.error(`--runs must be a positive integer, got ${opt.runs}`);
   Deno.exit(2);
 }
-const ALL = ["P1", "P2", "P3", "P4", "P5", "P6", "P8"];
+const ALL = ["P1", "P2", "P3", "P4", "P5", "P6", "P8", "P9"];
 const SELECTED = opt.scenario ? opt.scenario.split(",").map((s) => s.trim().toUpperCase()) : ALL;
 for (const s of SELECTED) {
   if (!ALL.includes(s)) {
@@ -1028,6 +1030,94 @@ async function p8(): Promise<ScenarioBody> {
   }
 }
 
+/**
+ * P9: the P1 blob as a one-blob model, `haul pull` against stock `ollama pull` (its daemon
+ * started, on a fresh OLLAMA_MODELS, before the clock), both from one `haul serve` (stock
+ * Ollama cannot pull from docker-registry: it wants a redirect or a Location).
+ */
+async function p9(): Promise<ScenarioBody> {
+  const size = SIZES.p1;
+  const f = await fixture(`p1-${size}`, [size], 11);
+  const reg = await mainRegistry();
+  const store = path.join(workDir, "p9-store");
+  const seeded = await runHaulOnce([
+    "pull",
+    "--insecure",
+    "--quiet",
+    "--models",
+    store,
+    `${reg.host}/${f.repo}:${f.tag}`,
+  ]);
+  if (seeded !== 0) throw new Error("P9: could not seed the store haul serve shares");
+  const serve = await startServe(store);
+  let daemon: OllamaServer | undefined;
+  try {
+    // The store holds it under the registry's host: Ollama names it by its alias.
+    const [ns, model] = f.repo.split("/");
+    const alias = `${reg.host.replace(/[.:]/g, "-")}_${ns}/${model}`;
+    const ref = `${serve.host}/${alias}:${f.tag}`;
+    const layer = f.layers[0];
+    const ollamaModels = () => path.join(outDir(), "ollama-models");
+    const tools: Tool[] = [
+      ...haulKinds().map((k) => haulPullTool(k, ref, f)),
+      {
+        id: "ollama",
+        label: "ollama pull (stock v0.32.15, daemon up before the clock)",
+        before: async () => {
+          await daemon?.stop();
+          await fsp.mkdir(ollamaModels(), { recursive: true });
+          daemon = await startOllama({ models: ollamaModels() });
+        },
+        cmd: () => [
+          "/usr/bin/env",
+          `OLLAMA_HOST=${daemon!.host}`,
+          `HOME=${daemon!.home}`,
+          process.env.HAUL_OLLAMA ??
+            path.join(os.homedir(), ".cache", "haul", "peers", "bin", "ollama"),
+          "pull",
+          "--insecure",
+          ref,
+        ],
+        warm: () => [],
+        check: () =>
+          sizeIs(path.join(ollamaModels(), "blobs", layer.digest.replace(":", "-")), size),
+      },
+    ];
+    const records = await runRounds("P9", tools, ROUNDS);
+    const checks = haulKinds().map((k) =>
+      ratioCheck(
+        `wall: ${kindName(k)} / ollama pull`,
+        `${kindName(k)} ≤ 0.6× stock ollama pull (wall)`,
+        wallOf(records, kindId(k)),
+        wallOf(records, "ollama"),
+        0.6,
+      )
+    );
+    return {
+      title: `one ${fmtBytes(size)} blob as a model, against stock ollama pull`,
+      about: [
+        `Both pull ${ref} from one \`haul serve\` of a store seeded with the P1 blob (docker-registry ${reg.host} cannot serve stock Ollama: it wants a 307 or a Location).`,
+        "ollama: `ollama pull --insecure` with `ollama serve` (v0.32.15, scripts/go_peers.sh) started on a fresh OLLAMA_MODELS before the clock; its wall is the client's, the daemon doing the work (its CPU is not in the client's).",
+        "haul: default settings, into Ollama's store layout.",
+      ],
+      tools,
+      records,
+      checks,
+      notes: [],
+      rounds: ROUNDS,
+    };
+  } finally {
+    await daemon?.stop();
+    await serve.stop();
+  }
+}
+
+/** Runs the haul CLI (deno run main.ts) once, to completion; its exit code. */
+async function runHaulOnce(args: string[]): Promise<number> {
+  const child = spawn(DENO, ["run", "-A", MAIN, ...args], { stdio: "inherit" });
+  return await new Promise<number>((ok) => child.on("close", (c) => ok(c ?? 1)));
+}
+
 async function p4(): Promise<ScenarioBody> {
   const [small, big] = SIZES.p4;
   const fs1 = await fixture(`p1-${small}`, [small], 11);
@@ -1398,6 +1488,7 @@ const SCENARIOS: Record<string, () => Promise<ScenarioBody>> = {
   P5: p5,
   P6: p6,
   P8: p8,
+  P9: p9,
 };
 
 // ---------------------------------------------------------------- main
