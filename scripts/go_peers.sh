@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds the pinned Go peers the tests run against (stock Ollama, distribution 3's registry,
-# crane, oras) with `go install` into a cached folder, once; prints that folder's bin/ on
-# stdout. Fails, never skips, when a peer cannot be built: a test that needs it must not pass
-# without it. Cold (empty module and build caches, 2 cores): Ollama about 80 s; registry3,
-# crane and oras together 79 s (registry3 67 s, then 6 s each).
+# crane, oras, the OCI distribution-spec conformance suite) with `go install` into a cached
+# folder, once; prints that folder's bin/ on stdout. Fails, never skips, when a peer cannot be
+# built: a test that needs it must not pass without it. Cold (empty module and build caches,
+# 2 cores): Ollama about 80 s; registry3, crane and oras together 79 s (registry3 67 s, then
+# 6 s each); oci-conformance 17 s (22-32 s while other tests load the machine), 2 s of it
+# the module download.
 #
 #   scripts/go_peers.sh            build what is missing, print the bin folder
 #   HAUL_PEERS_DIR=DIR             the cache (default ~/.cache/haul/peers)
@@ -19,6 +21,11 @@ peers=(
   # Independent clients the interop tests read haul's pushes back with.
   "crane github.com/google/go-containerregistry/cmd/crane@v0.22.1"
   "oras oras.land/oras/cmd/oras@v1.3.6"
+  # The distribution-spec conformance suite (its own module; the proxy does not serve the
+  # parent github.com/opencontainers/distribution-spec), run against `haul serve`
+  # (tests/server/conformance_test.ts). Built as the command its README names (`go build`;
+  # `go test -c` is its deprecated form), the report stamped with the pinned version.
+  "oci-conformance github.com/opencontainers/distribution-spec/conformance@v0.0.0-20260831232431-97274622c111 -ldflags=-X=main.Version=v0.0.0-20260831232431-97274622c111"
 )
 PATH="$PATH:/usr/local/go/bin"
 if ! command -v go >/dev/null 2>&1; then
@@ -48,6 +55,7 @@ for p in "${peers[@]}"; do
     exit 1
   fi
   pkg=${mod%@*}
+  # go install names the file after the package's last path element.
   mv -f "$tmp/${pkg##*/}" "$dir/bin/$name"
   rm -rf "$tmp"
   echo "$mod $flags" >"$stamp"

@@ -26,11 +26,12 @@ fi
 command -v deno >/dev/null 2>&1 || npm i -g deno@2.9 >&2 || { echo "0 passed, 1 failed"; exit 1; }
 command -v bun >/dev/null 2>&1 || npm i -g bun@1 >&2 || { echo "0 passed, 1 failed"; exit 1; }
 
-# Go peers (stock Ollama, distribution 3's registry, crane, oras), pinned, built once into a
-# cache by go install.
+# Go peers (stock Ollama, distribution 3's registry, crane, oras, the OCI conformance suite),
+# pinned, built once into a cache by go install.
 peers_bin=$(bash scripts/go_peers.sh) || { echo "0 passed, 1 failed"; echo "go_peers.sh failed" >&2; exit 1; }
 export HAUL_OLLAMA="$peers_bin/ollama" HAUL_REGISTRY3="$peers_bin/registry3"
 export HAUL_CRANE="$peers_bin/crane" HAUL_ORAS="$peers_bin/oras"
+export HAUL_OCI_CONFORMANCE="$peers_bin/oci-conformance"
 
 log=$(mktemp)
 export NO_COLOR=1 DENO_NO_UPDATE_CHECK=1
