@@ -113,7 +113,8 @@ export async function push(
     baseUrl: baseOf(target),
     repository: target.repository,
     srcDir: store.blobsDir,
-    stateDir: store.blobsDir,
+    // Out of blobs/, where Ollama's startup prune deletes what is not a blob after an hour.
+    stateDir: await pushStateDir(store.root),
     manifest: bytes,
     manifestRef,
     manifestMediaType: doc.mediaType,
@@ -152,6 +153,13 @@ function refusal(err: unknown, session: Session, target: Reference, options: Pus
     return new AuthError(`Cannot push to ${where}: ${noKeyMessage(options)}`, { cause: err });
   }
   return err;
+}
+
+/** `<models>/.haul/push/`: the upload sessions a killed push continues. */
+async function pushStateDir(root: string): Promise<string> {
+  const dir = join(root, ".haul", "push");
+  await mkdir(dir, { recursive: true }).catch(() => {});
+  return dir;
 }
 
 /** `{ "<scheme://host>": { "<digest>": "<repository>" } }`: where pushes left each blob. */

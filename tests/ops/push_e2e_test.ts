@@ -373,10 +373,15 @@ Deno.test("haul push resumes the upload session after kill -9 mid-blob", async (
           r.method === "PATCH" && r.status === 202
         ).length *
           chunk;
-        const state = (await fsp.readdir(path.join(models, "blobs"))).filter((n) =>
+        const state = (await fsp.readdir(path.join(models, ".haul", "push"))).filter((n) =>
           n.startsWith(big.digest.replace(":", "-") + "-upload-")
         );
-        assert.equal(state.length, 1, "the session was saved in the store");
+        assert.equal(state.length, 1, "the session was saved in the store's .haul/push/");
+        assert.deepEqual(
+          (await fsp.readdir(path.join(models, "blobs"))).filter((n) => n.includes("-upload-")),
+          [],
+          "nothing in blobs/ for Ollama's prune to take",
+        );
 
         slow = false;
         const mark = proxy.requests.length;
@@ -389,7 +394,7 @@ Deno.test("haul push resumes the upload session after kill -9 mid-blob", async (
         const status = second.find((q) => q.method === "GET" && UPLOADS.test(q.url));
         assert.equal(status?.status, 204, "asked the registry where the session stands");
         assert.equal(second.filter((q) => q.method === "POST").length, 0, "no new session");
-        const left = (await fsp.readdir(path.join(models, "blobs"))).filter((n) =>
+        const left = (await fsp.readdir(path.join(models, ".haul", "push"))).filter((n) =>
           n.includes("-upload-")
         );
         assert.deepEqual(left, [], "state file removed");
