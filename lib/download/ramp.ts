@@ -108,7 +108,13 @@ export class PartRamp {
   }
 }
 
-/** Parts to start with for a `concurrency` limit (half, at least 4, at most the limit). */
+/**
+ * Parts to start with for a `concurrency` limit: half (a quarter under Bun), at least 4, at
+ * most the limit. Bun's fetch holds about 11 MB per open part (1 GiB from docker-registry on
+ * loopback, the binary: 212-236 MB peak RSS at 12 parts, 143-147 MB at 6, in the same 1.6 s),
+ * against Deno's ~3 MB; the ramp still opens the rest when more parts are faster.
+ */
 export function rampStart(concurrency: number): number {
-  return Math.min(concurrency, Math.max(4, Math.ceil(concurrency / 2)));
+  const share = "Bun" in globalThis ? 4 : 2;
+  return Math.min(concurrency, Math.max(4, Math.ceil(concurrency / share)));
 }
