@@ -1,12 +1,29 @@
 /** haul serve */
-import { stat } from "node:fs/promises";
 import process from "node:process";
 import { parseArgs } from "node:util";
+import { readFile, stat } from "node:fs/promises";
 import { NotFoundError, UsageError } from "../lib/errors.ts";
-import { createRegistryHandler, DEFAULT_PORT, defaultModelsDir, serve } from "../lib/mod.ts";
-import { type Command, parseSize } from "./common.ts";
+import {
+  accessLogRecord,
+  checkTlsPem,
+  CONNECTION_DEFAULTS,
+  type ConnectionLimitEvent,
+  type ConnectionLimits,
+  createRegistryHandler,
+  DEFAULT_PORT,
+  DEFAULT_SHUTDOWN_TIMEOUT_MS,
+  defaultModelsDir,
+  type HttpServer,
+  type ResponseEntry,
+  serve,
+  type TlsPem,
+} from "../lib/mod.ts";
+import { type Command, parseNumber, parseSize } from "./common.ts";
+import { commandSpec, formatFlags, parseOptions } from "./commands.ts";
 
-export const SERVE_HELP = `Usage: haul serve [options]
+const SERVE = commandSpec("serve");
+
+export const SERVE_HELP = `Usage: haul ${SERVE.usage}
 
 Shares a model store over HTTP as a read-only OCI registry, so that "haul pull",
 skopeo and other registry clients can pull its models. Blobs stream from disk
@@ -14,15 +31,33 @@ skopeo and other registry clients can pull its models. Blobs stream from disk
 blob and cached in DIR/.haul/chunksums. Anything that would write gets 405.
 
 Options:
-  --addr HOST:PORT    listen address (default 127.0.0.1:${DEFAULT_PORT}); ":PORT" keeps
-                      the default host, port 0 picks a free one, IPv6 as [::1]:PORT.
-                      A non-loopback address makes every model in the store
-                      readable by anyone who can reach it (no auth, no TLS):
-                      haul says so when it starts.
-  --models DIR        store root (default $OLLAMA_MODELS or ~/.ollama/models)
-  --chunk-size SIZE   chunksums chunk size, e.g. 64M (default 64M)
-  --verbose, -v       log every request to stderr
-  -h, --help          this help
+${formatFlags(SERVE)}
+
+--addr: ":PORT" keeps the default host, port 0 picks a free one, IPv6 as
+[::1]:PORT. A non-loopback address makes every model in the store readable by
+anyone who can reach it (no auth): haul says so when it starts.
+
+With --tls-cert and --tls-key haul serves HTTPS; clients that trust the
+certificate's issuer (haul pull --ca-file CA.pem) need no --insecure. SIGHUP
+rereads both files: new connections get the new certificate, open ones keep
+theirs; a pair that does not load is logged and the old one kept.
+
+Limits, so that no client can hold the server: a connection must send a whole
+request head within --header-timeout (TLS handshake included; on a kept-alive
+connection counted from the previous response, and at most --idle-timeout);
+a response whose client takes no bytes for --idle-timeout is cut; beyond
+--max-connections a new connection is closed at once (clients retry; haul pull
+and Ollama do), with one log line when the cap is reached and one when it
+clears. Memory stays bounded: about 1 MiB per connection streaming a blob.
+SIGTERM or Ctrl-C stops accepting, closes idle connections and gives responses
+in flight --shutdown-timeout to finish, then closes them; a second one exits
+at once.
+
+--log-format json writes every log line to stderr as one JSON object; each
+request gets one: {"time","level","msg":"request","client","method","path",
+"name","tag","digest","status","bytes","durationMs","complete"} (name, tag and
+digest when the path has them; bytes is the body sent, complete false when the
+connection closed first).
 
 Names (after http://HOST:PORT/v2/) and the store entries they serve:
   library/llama3.2              manifests/registry.ollama.ai/library/llama3.2/<tag>
@@ -41,6 +76,8 @@ Examples:
   haul serve
   haul serve --addr 0.0.0.0:${DEFAULT_PORT} --models /srv/models     # share on the LAN
   haul pull --insecure 192.168.1.10:${DEFAULT_PORT}/llama3.2          # on another machine
+  haul serve --addr 0.0.0.0:443 --tls-cert fullchain.pem --tls-key key.pem --log-format json
+  haul pull --ca-file ca.pem https://models.lan/llama3.2
   skopeo copy --src-tls-verify=false \\
     docker://127.0.0.1:${DEFAULT_PORT}/library/llama3.2:latest dir:/tmp/llama3.2`;
 
@@ -88,24 +125,137 @@ export function exposureWarning(
   hostname: string,
   port: number,
   modelsDir: string,
+  tls = false,
 ): string | undefined {
   if (isLoopbackHost(hostname)) return undefined;
   const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
   return `listening on ${shown}:${port}, not loopback: every model in ${modelsDir} is now ` +
-    `readable from the network, without authentication or TLS`;
+    `readable from the network, without authentication${tls ? "" : " or TLS"}`;
+}
+
+/** Where haul serve's lines go: stderr, as text or one JSON object per line. */
+export interface ServeLog {
+  info(message: string): void;
+  warn(message: string): void;
+  request(entry: ResponseEntry): void;
+}
+
+/** The log for `--log-format`; `verbose` logs requests in text too. */
+export function serveLog(
+  format: "text" | "json",
+  verbose: boolean,
+  write: (line: string) => void = (l) => void process.stderr.write(l),
+): ServeLog {
+  if (format === "json") {
+    const line = (level: string, msg: string, extra?: object) =>
+      write(JSON.stringify({ time: new Date().toISOString(), level, msg, ...extra }) + "\n");
+    return {
+      info: (m) => line("info", m),
+      warn: (m) => line("warn", m),
+      request: (e) => {
+        const { time: _, ...record } = accessLogRecord(e);
+        line("info", "request", record);
+      },
+    };
+  }
+  const say = (m: string) => write(`haul serve: ${m}\n`);
+  return {
+    info: say,
+    warn: (m) => say(`warning: ${m}`),
+    request: (e) => {
+      if (!verbose) return;
+      const r = accessLogRecord(e);
+      say(
+        `${r.client} ${r.method} ${r.path} ${r.status} ${r.bytes} bytes ${r.durationMs} ms` +
+          (r.complete ? "" : " (cut short)"),
+      );
+    },
+  };
+}
+
+interface ServeFlags {
+  hostname: string;
+  port: number;
+  modelsDir: string;
+  chunkSize?: number;
+  tlsFiles?: { cert: string; key: string };
+  limits: ConnectionLimits & { shutdownTimeoutMs: number };
+  log: ServeLog;
+}
+
+/** Seconds (fractions allowed) as milliseconds; `fallback` when the flag is absent. */
+function seconds(v: string | undefined, flag: string, fallback: number): number {
+  const n = parseNumber(v, flag, 0);
+  return n === undefined ? fallback : Math.round(n * 1000);
+}
+
+function parseServeFlags(values: Record<string, unknown>): ServeFlags {
+  const str = (name: string) =>
+    typeof values[name] === "string" ? values[name] as string : undefined;
+  const { hostname, port } = parseAddr(str("addr") ?? `127.0.0.1:${DEFAULT_PORT}`);
+  const chunk = str("chunk-size");
+  const chunkSize = chunk === undefined ? undefined : parseSize(chunk, "--chunk-size");
+  if (chunkSize !== undefined && chunkSize < 1 << 16) {
+    throw new UsageError("--chunk-size: must be at least 64K");
+  }
+  const [cert, key] = [str("tls-cert"), str("tls-key")];
+  if ((cert === undefined) !== (key === undefined)) {
+    throw new UsageError("--tls-cert and --tls-key go together: pass both, or neither");
+  }
+  const format = str("log-format") ?? "text";
+  if (format !== "text" && format !== "json") {
+    throw new UsageError(`--log-format: expected text or json, got ${JSON.stringify(format)}`);
+  }
+  const max = parseNumber(str("max-connections"), "--max-connections", 0);
+  if (max !== undefined && !Number.isInteger(max)) {
+    throw new UsageError(`--max-connections: expected a whole number, got ${max}`);
+  }
+  const d = CONNECTION_DEFAULTS;
+  return {
+    hostname,
+    port,
+    chunkSize,
+    modelsDir: str("models") ?? defaultModelsDir(),
+    tlsFiles: cert !== undefined && key !== undefined ? { cert, key } : undefined,
+    limits: {
+      headerTimeoutMs: seconds(str("header-timeout"), "--header-timeout", d.headerTimeoutMs),
+      idleTimeoutMs: seconds(str("idle-timeout"), "--idle-timeout", d.idleTimeoutMs),
+      maxConnections: max ?? d.maxConnections,
+      shutdownTimeoutMs: seconds(
+        str("shutdown-timeout"),
+        "--shutdown-timeout",
+        DEFAULT_SHUTDOWN_TIMEOUT_MS,
+      ),
+    },
+    log: serveLog(format, values.verbose === true),
+  };
+}
+
+/** Reads and checks the certificate and key; a UsageError says which file is wrong. */
+async function readTls(files: { cert: string; key: string }): Promise<TlsPem & { about: string }> {
+  const read = (file: string, flag: string) =>
+    readFile(file, "utf8").catch((err) => {
+      throw new UsageError(`${flag}: cannot read ${file}: ${(err as Error).message}`);
+    });
+  const pem = {
+    cert: await read(files.cert, "--tls-cert"),
+    key: await read(files.key, "--tls-key"),
+  };
+  try {
+    const { subject, validTo } = checkTlsPem(pem);
+    return { ...pem, about: `${subject}, valid until ${validTo.toISOString()}` };
+  } catch (err) {
+    throw new UsageError(
+      `--tls-cert ${files.cert} / --tls-key ${files.key}: ${(err as Error).message}`,
+    );
+  }
 }
 
 export const serveCommand: Command = async (args, signal) => {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: {
-      addr: { type: "string" },
-      models: { type: "string" },
-      "chunk-size": { type: "string" },
-      verbose: { type: "boolean", short: "v" },
-      help: { type: "boolean", short: "h" },
-    },
+    options: parseOptions(SERVE),
   });
   if (values.help) {
     console.log(SERVE_HELP);
@@ -114,58 +264,115 @@ export const serveCommand: Command = async (args, signal) => {
   if (positionals.length) {
     throw new UsageError(`serve: unexpected argument ${JSON.stringify(positionals[0])}`);
   }
-  const { hostname, port } = parseAddr(values.addr ?? `127.0.0.1:${DEFAULT_PORT}`);
-  const chunkSize = values["chunk-size"] === undefined
-    ? undefined
-    : parseSize(values["chunk-size"], "--chunk-size");
-  if (chunkSize !== undefined && chunkSize < 1 << 16) {
-    throw new UsageError("--chunk-size: must be at least 64K");
-  }
-  const modelsDir = values.models ?? defaultModelsDir();
+  const flags = parseServeFlags(values);
+  const { modelsDir, log, tlsFiles } = flags;
   const isDir = await stat(modelsDir).then((s) => s.isDirectory(), () => false);
   if (!isDir) {
     throw new NotFoundError(
       `Model store ${modelsDir} does not exist; pass --models DIR or set OLLAMA_MODELS`,
     );
   }
-  const say = (line: string) => process.stderr.write(`haul serve: ${line}\n`);
+  const tls = tlsFiles ? await readTls(tlsFiles) : undefined;
+  // Streams and chunksums in flight end when the server has stopped, not at the signal.
+  const stopped = new AbortController();
   const handler = createRegistryHandler({
     modelsDir,
-    chunkSize,
-    signal,
-    logger: {
-      warn: (m) => say(`warning: ${m}`),
-      request: values.verbose
-        ? (e) => say(`${e.method} ${e.path} ${e.status}${e.bytes ? ` ${e.bytes} bytes` : ""}`)
-        : undefined,
-    },
+    chunkSize: flags.chunkSize,
+    signal: stopped.signal,
+    logger: { warn: (m) => log.warn(m) },
   });
   const server = await serve(handler, {
-    hostname,
-    port,
+    hostname: flags.hostname,
+    port: flags.port,
     signal,
-    // Responses cut short by shutdown are expected, not worth a warning.
-    onError: (err) => {
-      if (!signal.aborted) say(`warning: request failed: ${(err as Error)?.message ?? err}`);
-    },
+    tls,
+    ...flags.limits,
+    onLimit: (e) => log.warn(limitMessage(e)),
+    onResponse: (e) => log.request(e),
+    onError: (err) => log.warn(`request failed: ${(err as Error)?.message ?? err}`),
   });
-  const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
-  const exposed = exposureWarning(hostname, server.port, modelsDir);
-  if (exposed) say(`warning: ${exposed}`);
-  say(`serving ${modelsDir} read-only on http://${shown}:${server.port}/v2/ (Ctrl-C to stop)`);
-  // Shutdown waits for the responses in flight; one to a client that stopped reading may not
-  // end (Deno's server keeps it while the socket's buffers are full), so after a grace period
-  // the command returns and the process exits with whatever is still open.
-  await Promise.race([server.finished, graceAfter(signal, SHUTDOWN_GRACE_MS)]);
+  const onHup = () => void reloadTls(server, tlsFiles, log);
+  process.on("SIGHUP", onHup);
+  try {
+    announce(flags, server, tls?.about);
+    await untilStopped(server, signal, flags.limits.shutdownTimeoutMs, log);
+  } finally {
+    process.off("SIGHUP", onHup);
+    stopped.abort();
+  }
 };
 
-/** How long in-flight responses get after SIGTERM/SIGINT before the server is left. */
-const SHUTDOWN_GRACE_MS = 2000;
+function announce(flags: ServeFlags, server: HttpServer, certificate?: string): void {
+  const { hostname, modelsDir, log, limits } = flags;
+  const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
+  const exposed = exposureWarning(hostname, server.port, modelsDir, server.protocol === "https");
+  if (exposed) log.warn(exposed);
+  if (certificate) log.info(`TLS certificate ${flags.tlsFiles?.cert}: ${certificate}`);
+  const s = (ms: number) => (ms ? `${ms / 1000} s` : "off");
+  log.info(
+    `limits: request head ${s(limits.headerTimeoutMs ?? 0)}, idle ${
+      s(limits.idleTimeoutMs ?? 0)
+    }, ` +
+      `${limits.maxConnections || "unlimited"} connections, shutdown ${
+        s(limits.shutdownTimeoutMs)
+      }`,
+  );
+  log.info(
+    `serving ${modelsDir} read-only on ${server.protocol}://${shown}:${server.port}/v2/ ` +
+      `(Ctrl-C to stop)`,
+  );
+}
 
-function graceAfter(signal: AbortSignal, ms: number): Promise<void> {
-  return new Promise((resolve) => {
-    const start = () => setTimeout(resolve, ms);
+function limitMessage(e: ConnectionLimitEvent): string {
+  return e.reached
+    ? `${e.open} connections open, the --max-connections cap: new connections are refused ` +
+      `until some close`
+    : `${e.open} connections open, under the --max-connections cap (${e.max}) again; ` +
+      `${e.refused} were refused meanwhile`;
+}
+
+/** SIGHUP: rereads the certificate and key; a pair that does not load leaves the old one. */
+async function reloadTls(
+  server: HttpServer,
+  files: { cert: string; key: string } | undefined,
+  log: ServeLog,
+): Promise<void> {
+  if (!files) {
+    log.info("SIGHUP: nothing to reload (no --tls-cert)");
+    return;
+  }
+  try {
+    const pem = await readTls(files);
+    server.setTls(pem);
+    log.info(`SIGHUP: new connections get the certificate in ${files.cert}: ${pem.about}`);
+  } catch (err) {
+    log.warn(`SIGHUP: kept the previous certificate: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * Waits for the signal, then for the server's graceful shutdown (which closes what is still
+ * open at its deadline); a second after the deadline the command returns regardless.
+ */
+async function untilStopped(
+  server: HttpServer,
+  signal: AbortSignal,
+  shutdownMs: number,
+  log: ServeLog,
+): Promise<void> {
+  const deadline = new Promise<void>((resolve) => {
+    const start = () => {
+      const open = server.connections;
+      if (open) {
+        log.info(
+          `stopping: ${open} connection(s) open, responses in flight get ${shutdownMs / 1000} s`,
+        );
+      }
+      setTimeout(resolve, shutdownMs + 1000);
+    };
     if (signal.aborted) start();
     else signal.addEventListener("abort", start, { once: true });
   });
+  await Promise.race([server.finished, deadline]);
+  log.info("stopped");
 }

@@ -71,8 +71,24 @@ export type {
   RequestLogEntry,
   ServeLogger,
 } from "./server/registry_server.ts";
-export { DEFAULT_PORT, serve } from "./server/http_server.ts";
-export type { Handler, HttpServer, ServeOptions } from "./server/http_server.ts";
+export {
+  checkTlsPem,
+  CONNECTION_DEFAULTS,
+  DEFAULT_PORT,
+  DEFAULT_SHUTDOWN_TIMEOUT_MS,
+  serve,
+} from "./server/http_server.ts";
+export type {
+  ConnectionLimitEvent,
+  ConnectionLimits,
+  Handler,
+  HttpServer,
+  ResponseEntry,
+  ServeOptions,
+  TlsPem,
+} from "./server/http_server.ts";
+export { accessLogRecord } from "./server/access_log.ts";
+export type { AccessLogRecord } from "./server/access_log.ts";
 export {
   computeChunksums,
   DEFAULT_CHUNK_SIZE,

@@ -83,7 +83,7 @@ export async function startServe(
   const deadline = Date.now() + 20_000;
   let port = 0;
   while (Date.now() < deadline) {
-    const m = /on http:\/\/127\.0\.0\.1:(\d+)\/v2\//.exec(child.output().stderr);
+    const m = /on https?:\/\/127\.0\.0\.1:(\d+)\/v2\//.exec(child.output().stderr);
     if (m) {
       port = Number(m[1]);
       break;
