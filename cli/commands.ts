@@ -253,6 +253,16 @@ export const COMMAND_SPECS: readonly CommandSpec[] = [
       models,
       { name: "chunk-size", arg: "SIZE", help: "chunksums chunk size, e.g. 64M (default 64M)" },
       {
+        name: "upstream",
+        arg: "URL",
+        help: "pull-through cache of this registry, http(s)://HOST[:PORT] (repeatable)",
+      },
+      {
+        name: "tag-ttl",
+        arg: "DURATION",
+        help: "with --upstream, re-resolve a tag upstream after DURATION, e.g. 30s (default 5m)",
+      },
+      {
         name: "tls-cert",
         arg: "FILE",
         help: "serve HTTPS with this PEM certificate chain (reread on SIGHUP)",

@@ -86,3 +86,11 @@ export function startProgress(values: { json?: boolean; quiet?: boolean }): {
     },
   };
 }
+
+/** Parses durations like 300ms, 30s, 5m, 1h, 1.5 (seconds) into milliseconds. */
+export function parseDuration(s: string, flag: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m|h)?$/i.exec(s.trim());
+  if (!m) throw new UsageError(`${flag}: invalid duration ${JSON.stringify(s)} (try 30s or 5m)`);
+  const unit = (m[2] ?? "s").toLowerCase() as "ms" | "s" | "m" | "h";
+  return Math.round(Number(m[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[unit]);
+}

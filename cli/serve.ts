@@ -12,13 +12,15 @@ import {
   createRegistryHandler,
   DEFAULT_PORT,
   DEFAULT_SHUTDOWN_TIMEOUT_MS,
+  DEFAULT_TAG_TTL_MS,
   defaultModelsDir,
   type HttpServer,
+  PullThrough,
   type ResponseEntry,
   serve,
   type TlsPem,
 } from "../lib/mod.ts";
-import { type Command, parseNumber, parseSize } from "./common.ts";
+import { type Command, parseDuration, parseNumber, parseSize } from "./common.ts";
 import { commandSpec, formatFlags, parseOptions } from "./commands.ts";
 
 const SERVE = commandSpec("serve");
@@ -41,6 +43,23 @@ With --tls-cert and --tls-key haul serves HTTPS; clients that trust the
 certificate's issuer (haul pull --ca-file CA.pem) need no --insecure. SIGHUP
 rereads both files: new connections get the new certificate, open ones keep
 theirs; a pair that does not load is logged and the old one kept.
+
+With --upstream URL (repeatable) haul serve is a pull-through cache: a manifest
+or blob the store lacks is fetched from the upstream into the store (verified,
+with haul pull's downloader and the credentials haul pull would use for that
+host), once however many clients ask at the same time, then served from disk.
+A name whose first component is an upstream's host (127.0.0.1_5000/ns/m) goes
+to that upstream; containerd's mirror query ?ns=HOST picks the upstream with
+that host; any other name goes to the first --upstream. The store keeps what it
+fetched under the upstream's host (manifests/HOST/ns/m/TAG). A tag is asked
+upstream again once it is older than --tag-ttl (300ms, 30s, 5m, 1h; default
+5m); digests and blobs never are. Upstream unreachable: what the store holds is
+served, with a warning; what it lacks gets 502 with a registry error (404 when
+the upstream has no such manifest). A manifest request waits until the whole
+model (every blob) is in the store, so its first request takes as long as the
+upstream transfer; a blob a client then asks for is there already (stock Ollama
+GETs the manifest first, then each blob for its Location, and would not wait
+for a blob still coming). A blob asked for on its own is fetched alone.
 
 Limits, so that no client can hold the server: a connection must send a whole
 request head within --header-timeout (TLS handshake included; on a kept-alive
@@ -78,6 +97,8 @@ Examples:
   haul pull --insecure 192.168.1.10:${DEFAULT_PORT}/llama3.2          # on another machine
   haul serve --addr 0.0.0.0:443 --tls-cert fullchain.pem --tls-key key.pem --log-format json
   haul pull --ca-file ca.pem https://models.lan/llama3.2
+  haul serve --addr 0.0.0.0:${DEFAULT_PORT} --upstream https://registry.ollama.ai   # LAN cache
+  ollama pull --insecure 192.168.1.10:${DEFAULT_PORT}/library/llama3.2
   skopeo copy --src-tls-verify=false \\
     docker://127.0.0.1:${DEFAULT_PORT}/library/llama3.2:latest dir:/tmp/llama3.2`;
 
@@ -179,6 +200,9 @@ interface ServeFlags {
   modelsDir: string;
   chunkSize?: number;
   tlsFiles?: { cert: string; key: string };
+  /** --upstream URLs, in order; none: read-only. */
+  upstreams: string[];
+  tagTtlMs: number;
   limits: ConnectionLimits & { shutdownTimeoutMs: number };
   log: ServeLog;
 }
@@ -217,6 +241,10 @@ function parseServeFlags(values: Record<string, unknown>): ServeFlags {
     chunkSize,
     modelsDir: str("models") ?? defaultModelsDir(),
     tlsFiles: cert !== undefined && key !== undefined ? { cert, key } : undefined,
+    upstreams: (values.upstream as string[] | undefined) ?? [],
+    tagTtlMs: str("tag-ttl") === undefined
+      ? DEFAULT_TAG_TTL_MS
+      : parseDuration(str("tag-ttl")!, "--tag-ttl"),
     limits: {
       headerTimeoutMs: seconds(str("header-timeout"), "--header-timeout", d.headerTimeoutMs),
       idleTimeoutMs: seconds(str("idle-timeout"), "--idle-timeout", d.idleTimeoutMs),
@@ -255,8 +283,8 @@ export const serveCommand: Command = async (args, signal) => {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: parseOptions(SERVE),
-  });
+    options: { ...parseOptions(SERVE), upstream: { type: "string", multiple: true } },
+  }) as { values: Record<string, unknown>; positionals: string[] };
   if (values.help) {
     console.log(SERVE_HELP);
     return;
@@ -279,6 +307,14 @@ export const serveCommand: Command = async (args, signal) => {
     modelsDir,
     chunkSize: flags.chunkSize,
     signal: stopped.signal,
+    upstream: flags.upstreams.length
+      ? new PullThrough({
+        upstreams: flags.upstreams,
+        modelsDir,
+        tagTtlMs: flags.tagTtlMs,
+        signal: stopped.signal,
+      })
+      : undefined,
     logger: { warn: (m) => log.warn(m) },
   });
   const server = await serve(handler, {
@@ -317,8 +353,13 @@ function announce(flags: ServeFlags, server: HttpServer, certificate?: string): 
         s(limits.shutdownTimeoutMs)
       }`,
   );
+  const mode = flags.upstreams.length
+    ? `as a pull-through cache of ${flags.upstreams.join(", ")} (tags re-resolved after ${
+      flags.tagTtlMs / 1000
+    } s)`
+    : "read-only";
   log.info(
-    `serving ${modelsDir} read-only on ${server.protocol}://${shown}:${server.port}/v2/ ` +
+    `serving ${modelsDir} ${mode} on ${server.protocol}://${shown}:${server.port}/v2/ ` +
       `(Ctrl-C to stop)`,
   );
 }

@@ -15,6 +15,12 @@ export type { PullOptions, PullResult } from "./ops/pull.ts";
 export { push } from "./ops/push.ts";
 export type { PushOptions, PushResult } from "./ops/push_common.ts";
 export { copy } from "./ops/copy.ts";
+export { DEFAULT_TAG_TTL_MS, parseUpstream, PullThrough } from "./ops/pull_through.ts";
+export type {
+  PullThroughOptions,
+  PullThroughRepository,
+  UpstreamRegistry,
+} from "./ops/pull_through.ts";
 export type { CopyOptions } from "./ops/copy.ts";
 export { DEFAULT_UPLOAD_TUNING, putManifest, upload } from "./upload/upload.ts";
 export type {
@@ -71,6 +77,8 @@ export type {
   RequestLogEntry,
   ServeLogger,
 } from "./server/registry_server.ts";
+export { locateUpstream } from "./server/upstream.ts";
+export type { Upstream, UpstreamRepository } from "./server/upstream.ts";
 export {
   checkTlsPem,
   CONNECTION_DEFAULTS,

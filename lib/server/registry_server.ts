@@ -20,6 +20,7 @@ import { isDigest } from "../digest.ts";
 import { join } from "node:path";
 import { DEFAULT_READ_SIZE, isTag, StoreCatalog, type StoreRepository } from "../store/catalog.ts";
 import { defaultModelsDir } from "../store/ollama.ts";
+import { fillFromUpstream, type Upstream, type UpstreamFailure } from "./upstream.ts";
 
 /** Where the handler reports what it does; nothing is printed otherwise. */
 export interface ServeLogger {
@@ -56,6 +57,11 @@ export interface RegistryHandlerOptions {
   /** Aborting ends every response still streaming (server shutdown). */
   signal?: AbortSignal;
   logger?: ServeLogger;
+  /**
+   * Pull-through: asked for what the store lacks, and for every tag (it re-resolves a tag
+   * after its TTL), before the store is read (see `upstream.ts`). @default none (read-only)
+   */
+  upstream?: Upstream;
 }
 
 const API_VERSION = "registry/2.0";
@@ -83,7 +89,15 @@ export function createRegistryHandler(
     onWarn: (m) => logger?.warn(m),
     signal: options.signal,
   });
-  const ctx: Ctx = { catalog, chunksums, readSize, maxPageSize, signal: options.signal };
+  const ctx: Ctx = {
+    catalog,
+    chunksums,
+    readSize,
+    maxPageSize,
+    signal: options.signal,
+    upstream: options.upstream,
+    warn: (m) => logger?.warn(m),
+  };
 
   return async (req) => {
     let res: Response;
@@ -112,6 +126,8 @@ interface Ctx {
   readSize: number;
   maxPageSize: number;
   signal?: AbortSignal;
+  upstream?: Upstream;
+  warn: (message: string) => void;
 }
 
 function safePath(url: string): string {
@@ -160,11 +176,42 @@ async function route(req: Request, ctx: Ctx): Promise<Response> {
   } else if (!isTag(reference)) {
     return ociError(req, 404, "MANIFEST_UNKNOWN", "Not a valid tag");
   }
-  const repo = await ctx.catalog.findRepository(parsed.candidates);
-  if (!repo) return ociError(req, 404, "NAME_UNKNOWN", `Repository ${name} is not in this store`);
-  if (kind === "manifests") return await manifest(req, repo, reference, ctx);
-  if (kind === "blobs") return await blob(req, reference, ctx);
+  const filled = ctx.upstream
+    ? await fillFromUpstream(ctx.upstream, {
+      kind,
+      reference,
+      candidates: parsed.candidates,
+      ns: url.searchParams.get("ns"),
+      present: await isPresent(kind, reference, parsed.candidates, ctx),
+    }, ctx.warn)
+    : { candidates: parsed.candidates };
+  const failure = filled.failure;
+  const repo = await ctx.catalog.findRepository(filled.candidates);
+  // A blob fetched on its own (no manifest of it in the store yet) is served all the same.
+  if (!repo && (kind === "manifests" || !ctx.upstream || failure)) {
+    if (failure) return ociError(req, failure.status, failure.code, failure.message);
+    return ociError(req, 404, "NAME_UNKNOWN", `Repository ${name} is not in this store`);
+  }
+  if (kind === "manifests") return await manifest(req, repo!, reference, ctx, failure);
+  if (kind === "blobs") return await blob(req, reference, ctx, failure);
   return await chunksumsOf(req, url, name, reference, ctx);
+}
+
+/** With an upstream: does the store hold the blob, or the manifest digest, asked for? */
+async function isPresent(
+  kind: string,
+  reference: string,
+  candidates: Parameters<StoreCatalog["findRepository"]>[0],
+  ctx: Ctx,
+): Promise<boolean> {
+  if (kind !== "manifests") {
+    const file = await ctx.catalog.openBlob(reference);
+    await file?.close();
+    return file !== undefined;
+  }
+  if (!reference.includes(":")) return false;
+  const repo = await ctx.catalog.findRepository(candidates);
+  return repo !== undefined && (await ctx.catalog.manifest(repo, reference)) !== undefined;
 }
 
 async function manifest(
@@ -172,8 +219,10 @@ async function manifest(
   repo: StoreRepository,
   reference: string,
   ctx: Ctx,
+  failure?: UpstreamFailure,
 ): Promise<Response> {
   const m = await ctx.catalog.manifest(repo, reference);
+  if (!m && failure) return ociError(req, failure.status, failure.code, failure.message);
   if (!m) {
     return ociError(req, 404, "MANIFEST_UNKNOWN", `Manifest ${reference} is not in this store`);
   }
@@ -191,8 +240,14 @@ async function manifest(
   return new Response(req.method === "HEAD" ? null : m.bytes, { status: 200, headers });
 }
 
-async function blob(req: Request, digest: string, ctx: Ctx): Promise<Response> {
+async function blob(
+  req: Request,
+  digest: string,
+  ctx: Ctx,
+  failure?: UpstreamFailure,
+): Promise<Response> {
   const file = await ctx.catalog.openBlob(digest);
+  if (!file && failure) return ociError(req, failure.status, failure.code, failure.message);
   if (!file) return ociError(req, 404, "BLOB_UNKNOWN", `Blob ${digest} is not in this store`);
   const size = file.size;
   const headers = new Headers({

@@ -1,0 +1,192 @@
+/**
+ * The pull-through upstream of `haul serve --upstream`: fills the served store from upstream
+ * registries with haul's own `pull()` (every blob downloaded verified, present ones skipped,
+ * the manifest written last) and, for a blob asked for on its own, the download engine.
+ *
+ * Single flight: one pull per upstream reference and one download per blob digest at a time;
+ * every request that needs it awaits the same promise, so however many clients ask at once,
+ * the upstream sends the bytes once. A blob request waits for the pulls in flight from the
+ * same upstream repository first (the blob is most likely one of theirs), then fetches the
+ * blob alone if the store still lacks it. Tags are re-resolved after `tagTtlMs`; digests and
+ * blobs never are. It has the shape of lib/server/upstream.ts `Upstream`.
+ */
+import { download } from "../download/download.ts";
+import { NotFoundError, UsageError } from "../errors.ts";
+import type { ConnectionOptions } from "../registry/session.ts";
+import { createSession } from "../registry/session.ts";
+import type { TransferTuning } from "../download/download.ts";
+import { defaultModelsDir, OllamaStore } from "../store/ollama.ts";
+import { parseReference } from "../registry/reference.ts";
+import { pull } from "./pull.ts";
+import { stat } from "node:fs/promises";
+
+/** Default {@link PullThroughOptions.tagTtlMs}: five minutes. */
+export const DEFAULT_TAG_TTL_MS = 5 * 60_000;
+
+export interface PullThroughOptions extends ConnectionOptions, TransferTuning {
+  /**
+   * Upstream registries, `http://host[:port]` or `https://host[:port]` (no path); names
+   * without the host of one go to the first.
+   */
+  upstreams: string[];
+  /** The served store. @default $OLLAMA_MODELS or ~/.ollama/models */
+  modelsDir?: string;
+  /** How long a resolved tag is served without asking upstream again. @default 5 minutes */
+  tagTtlMs?: number;
+  /** Stops every fetch in flight (server shutdown). */
+  signal?: AbortSignal;
+}
+
+/** One upstream registry. */
+export interface UpstreamRegistry {
+  /** `http://host[:port]` or `https://…` */
+  base: string;
+  /** `host[:port]`, lower case */
+  host: string;
+  insecure: boolean;
+}
+
+/** Parses an `--upstream` URL. @throws {UsageError} for anything but http(s)://host[:port]. */
+export function parseUpstream(url: string): UpstreamRegistry {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new UsageError(`--upstream ${JSON.stringify(url)}: not a URL (http://HOST[:PORT])`);
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") {
+    throw new UsageError(`--upstream ${url}: only http:// and https:// upstreams are supported`);
+  }
+  if ((u.pathname !== "/" && u.pathname !== "") || u.search || u.hash || u.username) {
+    throw new UsageError(`--upstream ${url}: give scheme://host[:port] only, no path or user`);
+  }
+  return {
+    base: `${u.protocol}//${u.host}`,
+    host: u.host.toLowerCase(),
+    insecure: u.protocol === "http:",
+  };
+}
+
+/** A repository on an upstream (lib/server/upstream.ts `UpstreamRepository`). */
+export interface PullThroughRepository {
+  host: string;
+  repository: string;
+}
+
+interface Flight {
+  /** `host/repository` */
+  repoKey: string;
+  done: Promise<void>;
+}
+
+/** The pull-through upstream; see the module comment. */
+export class PullThrough {
+  readonly hosts: readonly string[];
+  readonly #upstreams: Map<string, UpstreamRegistry>;
+  readonly #options: PullThroughOptions;
+  readonly #store: OllamaStore;
+  readonly #ttl: number;
+  readonly #pulls = new Map<string, Flight>();
+  readonly #blobs = new Map<string, Promise<void>>();
+  /** When each tag (key `host/repository:tag`) was last resolved upstream. */
+  readonly #resolvedAt = new Map<string, number>();
+
+  constructor(options: PullThroughOptions) {
+    if (!options.upstreams.length) throw new UsageError("Pull-through needs at least one upstream");
+    const list = options.upstreams.map(parseUpstream);
+    this.#upstreams = new Map(list.map((u) => [u.host, u]));
+    if (this.#upstreams.size !== list.length) {
+      throw new UsageError("--upstream: each upstream host may be given once");
+    }
+    this.hosts = list.map((u) => u.host);
+    this.#options = options;
+    this.#store = new OllamaStore(options.modelsDir ?? defaultModelsDir());
+    this.#ttl = options.tagTtlMs ?? DEFAULT_TAG_TTL_MS;
+    if (!(this.#ttl >= 0)) throw new RangeError(`tagTtlMs must be 0 or more, got ${this.#ttl}`);
+  }
+
+  #upstream(host: string): UpstreamRegistry {
+    const up = this.#upstreams.get(host);
+    if (!up) throw new NotFoundError(`No upstream for host ${host}`);
+    return up;
+  }
+
+  /** Makes the store hold `reference` (tag or digest) of `repo` and its blobs. */
+  async ensureManifest(repo: PullThroughRepository, reference: string): Promise<void> {
+    const up = this.#upstream(repo.host);
+    const isDigest = reference.includes(":");
+    const name = `${repo.host}/${repo.repository}${isDigest ? "@" : ":"}${reference}`;
+    if (!isDigest && await this.#fresh(name)) return;
+    let flight = this.#pulls.get(name);
+    if (!flight) {
+      const done = this.#pull(up, name).finally(() => this.#pulls.delete(name));
+      flight = { repoKey: `${repo.host}/${repo.repository}`, done };
+      this.#pulls.set(name, flight);
+    }
+    await flight.done;
+  }
+
+  /** A tag resolved less than the TTL ago whose manifest is still in the store. */
+  async #fresh(name: string): Promise<boolean> {
+    const at = this.#resolvedAt.get(name);
+    if (at === undefined || Date.now() - at >= this.#ttl) return false;
+    const path = this.#store.manifestPath(parseReference(name));
+    return await stat(path).then((s) => s.isFile(), () => false);
+  }
+
+  async #pull(up: UpstreamRegistry, name: string): Promise<void> {
+    const started = Date.now();
+    const { upstreams: _, tagTtlMs: __, ...rest } = this.#options;
+    await pull(name, {
+      ...rest,
+      modelsDir: this.#store.root,
+      insecure: up.insecure,
+    });
+    this.#resolvedAt.set(name, started);
+  }
+
+  /** Makes the store hold blob `digest` of `repo`. */
+  async ensureBlob(repo: PullThroughRepository, digest: string): Promise<void> {
+    const up = this.#upstream(repo.host);
+    const repoKey = `${repo.host}/${repo.repository}`;
+    const pulls = [...this.#pulls.values()].filter((f) => f.repoKey === repoKey);
+    if (pulls.length) {
+      await Promise.allSettled(pulls.map((f) => f.done));
+      if (await this.#hasBlob(digest)) return;
+    }
+    let flight = this.#blobs.get(digest);
+    if (!flight) {
+      flight = this.#fetchBlob(up, repo.repository, digest).finally(() =>
+        this.#blobs.delete(digest)
+      );
+      this.#blobs.set(digest, flight);
+    }
+    await flight;
+  }
+
+  async #hasBlob(digest: string): Promise<boolean> {
+    return await stat(this.#store.blobPath(digest)).then((s) => s.isFile(), () => false);
+  }
+
+  /** HEAD for the size, then the download engine (verified before the blob gets its name). */
+  async #fetchBlob(up: UpstreamRegistry, repository: string, digest: string): Promise<void> {
+    const { upstreams: _, tagTtlMs: __, modelsDir: ___, ...rest } = this.#options;
+    const session = createSession(up.base, [`repository:${repository}:pull`], rest);
+    const { size } = await session.client.resolveBlob(repository, digest, {
+      signal: rest.signal,
+    });
+    if (size === undefined || !Number.isSafeInteger(size)) {
+      throw new Error(`${up.host} did not say the size of blob ${digest}`);
+    }
+    await this.#store.ensureDirs();
+    await download({
+      ...rest,
+      blobs: [{ digest, size }],
+      baseUrl: up.base,
+      repository,
+      session,
+      destDir: this.#store.blobsDir,
+      partialDir: this.#store.partialDir,
+    });
+  }
+}

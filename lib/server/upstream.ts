@@ -1,0 +1,112 @@
+/**
+ * `haul serve --upstream`: what the registry handler asks of a pull-through upstream, and how
+ * it maps a requested name onto one. The handler stays a reader of the store: an
+ * {@link Upstream} (lib/ops/pull_through.ts implements one) puts manifests and blobs into the
+ * store, and the handler then serves them from there as it serves everything else.
+ *
+ * Name → upstream: a name whose first component is the host of an upstream
+ * (`127.0.0.1_5000/ns/m`, read as in lib/store/catalog.ts) goes to that upstream; else
+ * containerd's mirror query `?ns=HOST` picks the upstream with host HOST; else the first one.
+ * The store location is `manifests/<upstream host>/<repository>/<tag>`, as `haul pull` of
+ * `<upstream host>/<repository>:<tag>` writes it.
+ */
+import { NotFoundError } from "../errors.ts";
+import type { ParsedName } from "../store/catalog.ts";
+
+/** A repository on an upstream, and where it lives in the store (`manifests/<host>/<repository>`). */
+export interface UpstreamRepository {
+  /** The upstream's `host[:port]`, lower case. */
+  host: string;
+  /** e.g. `library/tiny` */
+  repository: string;
+}
+
+/** What the registry handler needs from a pull-through upstream. */
+export interface Upstream {
+  /** The upstreams' `host[:port]`s, lower case; names without one of them go to the first. */
+  readonly hosts: readonly string[];
+  /**
+   * Makes the store hold `reference` (a tag or a manifest digest) of `repo` and every blob it
+   * names. The handler calls it for every tag request (a tag resolved less than the TTL ago
+   * returns at once) and for a digest the store lacks.
+   * @throws {NotFoundError} when the upstream has no such manifest; another error when the
+   * upstream could not be reached or sent bad bytes.
+   */
+  ensureManifest(repo: UpstreamRepository, reference: string): Promise<void>;
+  /** Makes the store hold blob `digest` of `repo` (called when the store lacks it). */
+  ensureBlob(repo: UpstreamRepository, digest: string): Promise<void>;
+}
+
+type Candidate = Extract<ParsedName, { ok: true }>["candidates"][number];
+
+/** The upstream repository a parsed name (and `?ns=`) goes to; see the module comment. */
+export function locateUpstream(
+  candidates: readonly Candidate[],
+  ns: string | null,
+  hosts: readonly string[],
+): UpstreamRepository {
+  const own = candidates.slice(0, -1).find((c) => hosts.includes(c.host.toLowerCase()));
+  if (own) return { host: own.host.toLowerCase(), repository: own.repository.join("/") };
+  // The last candidate is always the default-host reading: the whole name as the repository.
+  const plain = candidates[candidates.length - 1].repository.join("/");
+  const byNs = ns === null ? undefined : hosts.find((h) => h === ns.toLowerCase());
+  return { host: byNs ?? hosts[0], repository: plain };
+}
+
+/** An error answer: status, OCI code, message. */
+export interface UpstreamFailure {
+  status: number;
+  code: string;
+  message: string;
+}
+
+/** What {@link fillFromUpstream} found: where to look in the store, and what to answer if absent. */
+export interface UpstreamFill {
+  /** Store candidates to look in, the upstream's location first. */
+  candidates: Candidate[];
+  /** The answer when the store lacks the thing after all (the upstream failed). */
+  failure?: UpstreamFailure;
+}
+
+/** What the handler is asked for, as far as the upstream is concerned. */
+export interface UpstreamRequest {
+  kind: "manifests" | "blobs" | "chunksums";
+  reference: string;
+  candidates: Candidate[];
+  ns: string | null;
+  /** True when the store already holds the blob or manifest digest asked for. */
+  present: boolean;
+}
+
+/**
+ * Asks `upstream` for what `req` names when it is missing (or a tag, always: the TTL is the
+ * upstream's business). A failure is returned, not thrown: the store may still hold it
+ * (upstream down: serve what the store has, with a warning).
+ */
+export async function fillFromUpstream(
+  upstream: Upstream,
+  req: UpstreamRequest,
+  warn: (message: string) => void,
+): Promise<UpstreamFill> {
+  const repo = locateUpstream(req.candidates, req.ns, upstream.hosts);
+  const candidates = [
+    { host: repo.host, repository: repo.repository.split("/") },
+    ...req.candidates,
+  ];
+  const isTagRequest = req.kind === "manifests" && !req.reference.includes(":");
+  if (req.present && !isTagRequest) return { candidates };
+  try {
+    if (req.kind === "manifests") await upstream.ensureManifest(repo, req.reference);
+    else await upstream.ensureBlob(repo, req.reference);
+    return { candidates };
+  } catch (err) {
+    const what = `${repo.host}/${repo.repository} ${req.reference}`;
+    const message = `upstream: ${what}: ${(err as Error)?.message ?? err}`;
+    if (err instanceof NotFoundError) {
+      const code = req.kind === "manifests" ? "MANIFEST_UNKNOWN" : "BLOB_UNKNOWN";
+      return { candidates, failure: { status: 404, code, message } };
+    }
+    warn(`${message} (serving what the store has, if anything)`);
+    return { candidates, failure: { status: 502, code: "UNKNOWN", message } };
+  }
+}
