@@ -23,8 +23,8 @@ export class RangeLie extends IntegrityError {}
 
 export interface AttemptHooks {
   signal?: AbortSignal;
-  /** Bytes durably written at the part's position. */
-  onFlushed?: (n: number) => void;
+  /** `n` bytes written to the file at `offset` (the part's position). */
+  onFlushed?: (n: number, offset: number) => void;
   /** The server sent the whole body for a Range request; returns the offset to resume at. */
   onWholeBody?: () => number;
   /** A failure discards everything (small blobs); else what was written is kept. */
@@ -348,7 +348,7 @@ async function flushBuffer(a: Attempt): Promise<void> {
     throw storeError("write", a.path, e);
   }
   a.written += a.filled;
-  a.hooks.onFlushed?.(a.filled);
+  a.hooks.onFlushed?.(a.filled, a.written - a.filled);
   a.filled = 0;
   a.flushedAt = Date.now();
 }

@@ -67,4 +67,11 @@ export interface BlobContext {
   /** Bytes added (positive) or discarded (negative) for progress. */
   onBytes: (delta: number) => void;
   onRetry?: (info: { attempt: number; reason: string; delayMs: number }) => void;
+  /**
+   * A large blob's bytes `[offset, offset + length)` are written to `job.partialPath` (not yet
+   * verified): a reader may serve them before the blob is done (`haul serve --upstream`).
+   */
+  onWritten?: (offset: number, length: number) => void;
+  /** Bytes reported by `onWritten` may be wrong or gone (a bad chunk, a digest mismatch). */
+  onDiscarded?: () => void;
 }

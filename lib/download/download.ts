@@ -72,7 +72,32 @@ export const DEFAULT_TUNING = {
   syncEvery: 256 << 20,
 } as const;
 
-export interface DownloadOptions extends ConnectionOptions, TransferTuning {
+/** Bytes of a large blob written to its partial file, before the blob is verified. */
+export interface WrittenRange {
+  digest: string;
+  /** The partial file the bytes are in (renamed to the blob's final name once verified). */
+  path: string;
+  offset: number;
+  length: number;
+}
+
+/**
+ * Follows a large blob's bytes as they land, so that a reader (`haul serve --upstream`) can serve
+ * them before the blob is verified. Small blobs (up to `singleStreamMax`) report nothing: they
+ * are in place, verified, when their download resolves.
+ */
+export interface WrittenHooks {
+  /** Bytes written to `path`, including those a resumed download finds there. */
+  onWritten?: (range: WrittenRange) => void;
+  /**
+   * Bytes reported for `digest` may be wrong or gone (a chunk failed its chunksum, or the whole
+   * digest did not match and the blob starts over): whoever served them must stop; later
+   * `onWritten` calls report the bytes written again.
+   */
+  onDiscarded?: (digest: string) => void;
+}
+
+export interface DownloadOptions extends ConnectionOptions, TransferTuning, WrittenHooks {
   blobs: Blob[];
   /** Registry base URL, e.g. `https://registry.ollama.ai`. */
   baseUrl: string;
@@ -301,7 +326,7 @@ async function downloadOne(run: DownloadRun, b: Blob): Promise<void> {
             signal: run.abort.signal,
           })).url,
     },
-    blobContext(run, b),
+    blobContext(run, b, partialPathOf(run.options, path)),
   );
   run.result.transferred += n;
   run.result.fetched++;
@@ -365,8 +390,9 @@ async function locateBlob(
 }
 
 /** The shared machinery for one blob, with its progress reported as events. */
-function blobContext(run: DownloadRun, b: Blob): BlobContext {
+function blobContext(run: DownloadRun, b: Blob, partialPath: string): BlobContext {
   const { shared, emit } = run;
+  const { onWritten, onDiscarded } = run.options;
   let blobDone = 0;
   return {
     fetch: run.session.fetch,
@@ -392,6 +418,9 @@ function blobContext(run: DownloadRun, b: Blob): BlobContext {
       reportProgress(run);
     },
     onRetry: (info) => emit({ type: "retry", digest: b.digest, ...info }),
+    onWritten: onWritten &&
+      ((offset, length) => onWritten({ digest: b.digest, path: partialPath, offset, length })),
+    onDiscarded: onDiscarded && (() => onDiscarded(b.digest)),
   };
 }
 

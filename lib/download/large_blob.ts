@@ -119,6 +119,7 @@ async function downloadLargeOnce(
   const state = await openPartial(job, ctx.tuning.partSize);
   const already = state.parts.reduce((a, p) => a + p.done, 0);
   if (already) ctx.onBytes(already);
+  for (const p of state.parts) if (p.done) ctx.onWritten?.(p.offset, p.done);
   const run = startRun(job, ctx, state, count);
   const onOuterAbort = () => run.blobAbort.abort(new InterruptedError());
   ctx.signal?.addEventListener("abort", onOuterAbort, { once: true });
@@ -180,6 +181,7 @@ async function finishLarge(run: LargeRun): Promise<void> {
     throw storeError("read back", job.partialPath, e);
   }
   if (result.digest !== job.digest) {
+    ctx.onDiscarded?.();
     const message =
       `Digest mismatch for ${job.digest}: the downloaded data hashes to ${result.digest}`;
     if (state.parts.some((p) => p.digest)) {

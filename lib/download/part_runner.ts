@@ -79,6 +79,7 @@ async function runPart(run: LargeRun, part: Part): Promise<void> {
       return;
     } catch (err) {
       if (!(err instanceof ChunkMismatch)) throw err;
+      run.ctx.onDiscarded?.();
       run.ctx.onBytes(-part.done);
       part.done = 0;
       void run.saver.save(true);
@@ -163,8 +164,9 @@ async function attemptPart(run: LargeRun, pr: PartRun, attempt: AbortController)
 function partHooks(run: LargeRun, pr: PartRun, attempt: AbortController): AttemptHooks {
   return {
     signal: attempt.signal,
-    onFlushed: (n) => {
+    onFlushed: (n, offset) => {
       pr.part.done += n;
+      run.ctx.onWritten?.(offset, n);
       run.hasher.advance(watermark(run.state.parts));
       run.sync.add(n);
       void run.saver.save();
@@ -212,6 +214,7 @@ async function recoverFromFailure(
   if (blobAbort.signal.aborted) return false;
   if (err instanceof ChunkMismatch) {
     // Only this chunk is fetched again.
+    ctx.onDiscarded?.();
     ctx.onBytes(-pr.part.done);
     pr.part.done = 0;
     void run.saver.save(true);

@@ -11,6 +11,7 @@ import {
   type SharedTransfer,
   sharedTransfer,
   type TransferTuning,
+  type WrittenHooks,
 } from "../download/download.ts";
 import {
   HaulError,
@@ -36,7 +37,8 @@ import type { ConnectionOptions } from "../registry/session.ts";
 import { defaultModelsDir, OllamaStore } from "../store/ollama.ts";
 import { ociBlobFileName, OciLayout } from "../store/oci_layout.ts";
 
-export interface PullOptions extends ConnectionOptions, TransferTuning {
+/** `WrittenHooks` follow each large blob's bytes as they land (`haul serve --upstream`). */
+export interface PullOptions extends ConnectionOptions, TransferTuning, WrittenHooks {
   /** Store root. @default $OLLAMA_MODELS or ~/.ollama/models */
   modelsDir?: string;
   /**
