@@ -20,6 +20,12 @@ import { parseReference } from "../registry/reference.ts";
 import { pull } from "./pull.ts";
 import { stat } from "node:fs/promises";
 
+/**
+ * After a failed pull of a reference, requests for it within this long get the same error at
+ * once (the store's copy, if any, is then served) instead of a new round of retries.
+ */
+export const FAILURE_HOLD_MS = 10_000;
+
 /** Default {@link PullThroughOptions.tagTtlMs}: five minutes. */
 export const DEFAULT_TAG_TTL_MS = 5 * 60_000;
 
@@ -90,6 +96,8 @@ export class PullThrough {
   readonly #blobs = new Map<string, Promise<void>>();
   /** When each tag (key `host/repository:tag`) was last resolved upstream. */
   readonly #resolvedAt = new Map<string, number>();
+  /** The last failure of each reference, held for {@link FAILURE_HOLD_MS}. */
+  readonly #failed = new Map<string, { at: number; error: unknown }>();
 
   constructor(options: PullThroughOptions) {
     if (!options.upstreams.length) throw new UsageError("Pull-through needs at least one upstream");
@@ -117,9 +125,11 @@ export class PullThrough {
     const isDigest = reference.includes(":");
     const name = `${repo.host}/${repo.repository}${isDigest ? "@" : ":"}${reference}`;
     if (!isDigest && await this.#fresh(name)) return;
+    const failed = this.#failed.get(name);
+    if (failed && Date.now() - failed.at < FAILURE_HOLD_MS) throw failed.error;
     let flight = this.#pulls.get(name);
     if (!flight) {
-      const done = this.#pull(up, name).finally(() => this.#pulls.delete(name));
+      const done = this.#pullHeld(up, name).finally(() => this.#pulls.delete(name));
       flight = { repoKey: `${repo.host}/${repo.repository}`, done };
       this.#pulls.set(name, flight);
     }
@@ -143,6 +153,17 @@ export class PullThrough {
       insecure: up.insecure,
     });
     this.#resolvedAt.set(name, started);
+  }
+
+  /** {@link pull} of `name`, its failure held for a while (see {@link FAILURE_HOLD_MS}). */
+  async #pullHeld(up: UpstreamRegistry, name: string): Promise<void> {
+    try {
+      await this.#pull(up, name);
+      this.#failed.delete(name);
+    } catch (error) {
+      this.#failed.set(name, { at: Date.now(), error });
+      throw error;
+    }
   }
 
   /** Makes the store hold blob `digest` of `repo`. */

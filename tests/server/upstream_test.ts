@@ -18,6 +18,7 @@ import {
   tmpDir,
 } from "../support/harness.ts";
 import { always, type FaultProxy, startFaultProxy } from "../support/fault_proxy.ts";
+import { type OllamaServer, runOllama, startOllama } from "../support/ollama.ts";
 import { type ServeProcess, startServe } from "./serve_fixtures.ts";
 
 const MiB = 1 << 20;
@@ -161,6 +162,34 @@ Deno.test("upstream: a tag is re-resolved after --tag-ttl; upstream down, the st
   } finally {
     await server.stop();
     await proxy.stop().catch(() => {});
+  }
+});
+
+Deno.test("upstream: 8 stock ollama daemons pull a model the cache lacks at once, upstream once", async () => {
+  const w = await getWorld();
+  const proxy = await startFaultProxy(w.registry.url);
+  const { store, server } = await startCache(w.dir, proxy.url);
+  // 150 MB: Ollama splits it into 100 MB Range parts (minDownloadPartSize).
+  const fx = makeOllamaModel({ layerSizes: [150 * 1_000_000 + 7, 300, 1200], seed: 186 });
+  await pushFixture(w.registry, "library/fleet", "latest", fx);
+  const daemons: OllamaServer[] = [];
+  try {
+    for (let i = 0; i < 8; i++) daemons.push(await startOllama());
+    const name = `${server.host}/library/fleet:latest`;
+    const runs = await Promise.all(daemons.map((d) => runOllama(d, ["pull", "--insecure", name])));
+    for (const [i, r] of runs.entries()) {
+      assert.equal(r.code, 0, `daemon ${i}: ${r.stderr}\n${server.child.output().stderr}`);
+    }
+    for (const d of daemons) await assertHolds(d.models, fx, `${server.host}/library/fleet/latest`);
+    const sent = proxy.bytesOut(/\/blobs\//);
+    console.log(`8 ollama daemons: upstream sent ${sent} blob bytes, model ${modelBytes(fx)}`);
+    assert.ok(sent <= 1.2 * modelBytes(fx), `upstream sent ${sent}, model ${modelBytes(fx)}`);
+    await assertHolds(store, fx, `${proxy.host}/library/fleet/latest`);
+  } finally {
+    await Promise.all(daemons.map((d) => d.stop()));
+    await server.stop();
+    await proxy.stop();
+    await fx.cleanup?.();
   }
 });
 
