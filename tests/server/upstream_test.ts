@@ -20,6 +20,8 @@ import {
 import { always, type FaultProxy, startFaultProxy } from "../support/fault_proxy.ts";
 import { type OllamaServer, runOllama, startOllama } from "../support/ollama.ts";
 import { type ServeProcess, startServe } from "./serve_fixtures.ts";
+import { parseRepositoryName } from "../../lib/store/catalog.ts";
+import { locateUpstream } from "../../lib/server/upstream.ts";
 
 const MiB = 1 << 20;
 
@@ -209,4 +211,24 @@ Deno.test("upstream: teardown", async () => {
   await w.server.stop();
   await w.registry.stop();
   await w.tiny.cleanup?.();
+});
+
+Deno.test("upstream: a name goes to the upstream of its host, of ?ns=, else the first", () => {
+  const hosts = ["127.0.0.1:5000", "docker.io"];
+  const at = (name: string, ns: string | null = null) => {
+    const parsed = parseRepositoryName(name);
+    assert.ok(parsed.ok);
+    return locateUpstream(parsed.candidates, ns, hosts);
+  };
+  assert.deepEqual(at("library/tiny"), { host: "127.0.0.1:5000", repository: "library/tiny" });
+  assert.deepEqual(at("127.0.0.1_5000/ns/m"), { host: "127.0.0.1:5000", repository: "ns/m" });
+  assert.deepEqual(at("library/alpine", "docker.io"), {
+    host: "docker.io",
+    repository: "library/alpine",
+  });
+  assert.deepEqual(at("library/alpine", "ghcr.io"), {
+    host: "127.0.0.1:5000",
+    repository: "library/alpine",
+  });
+  assert.deepEqual(at("ghcr.io/org/m"), { host: "127.0.0.1:5000", repository: "ghcr.io/org/m" });
 });
