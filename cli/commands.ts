@@ -275,6 +275,16 @@ export const COMMAND_SPECS: readonly CommandSpec[] = [
         complete: "file",
       },
       {
+        name: "htpasswd",
+        arg: "FILE",
+        help: "require Basic auth by the bcrypt users of FILE (htpasswd -B; reread on SIGHUP)",
+        complete: "file",
+      },
+      {
+        name: "allow-insecure-auth",
+        help: "allow --htpasswd on a non-loopback address without TLS (passwords in clear)",
+      },
+      {
         name: "header-timeout",
         arg: "SECS",
         help: "close a connection that has not sent a request head in SECS (default 20)",

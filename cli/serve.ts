@@ -5,6 +5,7 @@ import { readFile, stat } from "node:fs/promises";
 import { NotFoundError, UsageError } from "../lib/errors.ts";
 import {
   accessLogRecord,
+  BasicAuth,
   checkTlsPem,
   CONNECTION_DEFAULTS,
   type ConnectionLimitEvent,
@@ -15,10 +16,12 @@ import {
   DEFAULT_TAG_TTL_MS,
   defaultModelsDir,
   type HttpServer,
+  parseHtpasswd,
   PullThrough,
   type ResponseEntry,
   serve,
   type TlsPem,
+  withBasicAuth,
 } from "../lib/mod.ts";
 import { type Command, parseDuration, parseNumber, parseSize } from "./common.ts";
 import { commandSpec, formatFlags, parseOptions } from "./commands.ts";
@@ -60,6 +63,17 @@ model (every blob) is in the store, so its first request takes as long as the
 upstream transfer; a blob a client then asks for is there already (stock Ollama
 GETs the manifest first, then each blob for its Location, and would not wait
 for a blob still coming). A blob asked for on its own is fetched alone.
+
+With --htpasswd FILE every request needs Basic auth by a user of FILE, whose
+entries are bcrypt as "htpasswd -B FILE USER" writes them (other hash kinds are
+refused at start). Clients without valid credentials get 401 with
+WWW-Authenticate: Basic realm="haul"; haul pull, Docker, containerd and skopeo
+answer it from their stored credentials (haul login HOST, config.json). Stock
+Ollama clients cannot: they answer only Bearer challenges with their own key.
+A verified user:password is remembered, so a client's Range requests pay one
+bcrypt check; SIGHUP rereads FILE. On a non-loopback address --htpasswd needs
+--tls-cert/--tls-key (passwords would cross the network in clear) unless
+--allow-insecure-auth.
 
 Limits, so that no client can hold the server: a connection must send a whole
 request head within --header-timeout (TLS handshake included; on a kept-alive
@@ -147,11 +161,46 @@ export function exposureWarning(
   port: number,
   modelsDir: string,
   tls = false,
+  auth = false,
 ): string | undefined {
   if (isLoopbackHost(hostname)) return undefined;
   const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
+  if (auth) {
+    return tls ? undefined : `listening on ${shown}:${port}, not loopback, with --htpasswd ` +
+      `but without TLS (--allow-insecure-auth): passwords and models cross the network in clear`;
+  }
   return `listening on ${shown}:${port}, not loopback: every model in ${modelsDir} is now ` +
     `readable from the network, without authentication${tls ? "" : " or TLS"}`;
+}
+
+/** Reads the --htpasswd file; refuses clear-text passwords off loopback. */
+async function openAuth(flags: ServeFlags): Promise<BasicAuth> {
+  const file = flags.htpasswd!;
+  if (!flags.tlsFiles && !isLoopbackHost(flags.hostname) && !flags.allowInsecureAuth) {
+    throw new UsageError(
+      `--htpasswd on ${flags.hostname}, not loopback, needs --tls-cert and --tls-key ` +
+        `(Basic auth sends passwords in clear); --allow-insecure-auth to serve it anyway`,
+    );
+  }
+  return new BasicAuth(await readUsers(file));
+}
+
+async function readUsers(file: string): Promise<Map<string, string>> {
+  const text = await readFile(file, "utf8").catch((err) => {
+    throw new UsageError(`--htpasswd: cannot read ${file}: ${(err as Error).message}`);
+  });
+  return parseHtpasswd(text, file);
+}
+
+/** SIGHUP: rereads the users; a file that does not parse leaves the old table. */
+async function reloadUsers(auth: BasicAuth, file: string, log: ServeLog): Promise<void> {
+  try {
+    const users = await readUsers(file);
+    auth.setUsers(users);
+    log.info(`SIGHUP: ${users.size} user(s) from ${file}`);
+  } catch (err) {
+    log.warn(`SIGHUP: kept the previous users: ${(err as Error).message}`);
+  }
 }
 
 /** Where haul serve's lines go: stderr, as text or one JSON object per line. */
@@ -203,6 +252,9 @@ interface ServeFlags {
   /** --upstream URLs, in order; none: read-only. */
   upstreams: string[];
   tagTtlMs: number;
+  /** --htpasswd FILE; --allow-insecure-auth. */
+  htpasswd?: string;
+  allowInsecureAuth: boolean;
   limits: ConnectionLimits & { shutdownTimeoutMs: number };
   log: ServeLog;
 }
@@ -241,6 +293,8 @@ function parseServeFlags(values: Record<string, unknown>): ServeFlags {
     chunkSize,
     modelsDir: str("models") ?? defaultModelsDir(),
     tlsFiles: cert !== undefined && key !== undefined ? { cert, key } : undefined,
+    htpasswd: str("htpasswd"),
+    allowInsecureAuth: values["allow-insecure-auth"] === true,
     upstreams: (values.upstream as string[] | undefined) ?? [],
     tagTtlMs: str("tag-ttl") === undefined
       ? DEFAULT_TAG_TTL_MS
@@ -301,6 +355,7 @@ export const serveCommand: Command = async (args, signal) => {
     );
   }
   const tls = tlsFiles ? await readTls(tlsFiles) : undefined;
+  const auth = flags.htpasswd === undefined ? undefined : await openAuth(flags);
   // Streams and chunksums in flight end when the server has stopped, not at the signal.
   const stopped = new AbortController();
   const handler = createRegistryHandler({
@@ -317,7 +372,7 @@ export const serveCommand: Command = async (args, signal) => {
       : undefined,
     logger: { warn: (m) => log.warn(m) },
   });
-  const server = await serve(handler, {
+  const server = await serve(auth ? withBasicAuth(handler, auth) : handler, {
     hostname: flags.hostname,
     port: flags.port,
     signal,
@@ -327,7 +382,10 @@ export const serveCommand: Command = async (args, signal) => {
     onResponse: (e) => log.request(e),
     onError: (err) => log.warn(`request failed: ${(err as Error)?.message ?? err}`),
   });
-  const onHup = () => void reloadTls(server, tlsFiles, log);
+  const onHup = () => {
+    void reloadTls(server, tlsFiles, log);
+    if (auth) void reloadUsers(auth, flags.htpasswd!, log);
+  };
   process.on("SIGHUP", onHup);
   try {
     announce(flags, server, tls?.about);
@@ -341,7 +399,13 @@ export const serveCommand: Command = async (args, signal) => {
 function announce(flags: ServeFlags, server: HttpServer, certificate?: string): void {
   const { hostname, modelsDir, log, limits } = flags;
   const shown = hostname.includes(":") ? `[${hostname}]` : hostname;
-  const exposed = exposureWarning(hostname, server.port, modelsDir, server.protocol === "https");
+  const exposed = exposureWarning(
+    hostname,
+    server.port,
+    modelsDir,
+    server.protocol === "https",
+    flags.htpasswd !== undefined,
+  );
   if (exposed) log.warn(exposed);
   if (certificate) log.info(`TLS certificate ${flags.tlsFiles?.cert}: ${certificate}`);
   const s = (ms: number) => (ms ? `${ms / 1000} s` : "off");

@@ -96,6 +96,8 @@ export type {
   TlsPem,
 } from "./server/http_server.ts";
 export { accessLogRecord } from "./server/access_log.ts";
+export { BasicAuth, parseHtpasswd, withBasicAuth } from "./server/basic_auth.ts";
+export type { BasicAuthOptions } from "./server/basic_auth.ts";
 export type { AccessLogRecord } from "./server/access_log.ts";
 export {
   computeChunksums,

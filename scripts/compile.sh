@@ -64,6 +64,25 @@ if [ "$if_stale" = 1 ]; then
   fi
 fi
 
+# npm packages the sources import as `npm:NAME@VERSION` (Deno's form; Bun reads no such
+# specifier): installed once into dist/npm and mapped by a tsconfig "paths" override, so
+# the bundle embeds the very version Deno resolves.
+npm_dir="$(dirname "$outfile")/npm"
+mapfile -t npm_specs < <(grep -rhoE '"npm:[a-z0-9@/._-]+@[0-9][0-9A-Za-z.-]*"' main.ts cli lib | tr -d '"' | sort -u)
+if [ ${#npm_specs[@]} -gt 0 ]; then
+  mkdir -p "$npm_dir"
+  paths=""
+  for spec in "${npm_specs[@]}"; do
+    pkg=${spec#npm:}
+    name=${pkg%@*}
+    if [ "$(sed -nE 's/^ *"version": *"([^"]+)".*/\1/p' "$npm_dir/node_modules/$name/package.json" 2>/dev/null | head -n 1)" != "${pkg##*@}" ]; then
+      npm install --silent --no-save --no-package-lock --prefix "$npm_dir" "$pkg" >&2
+    fi
+    paths+="${paths:+,}\"$spec\":[\"./node_modules/$name\"]"
+  done
+  printf '{"compilerOptions":{"paths":{%s}}}\n' "$paths" >"$npm_dir/tsconfig.json"
+fi
+
 entries=(./main.ts)
 [ "$worker" = 1 ] && entries+=(./lib/disk/hash_worker.ts ./lib/disk/write_worker.ts)
 tmp="$outfile.tmp.$$"
@@ -81,6 +100,7 @@ args=(
   --no-compile-autoload-bunfig
   --outfile "$tmp"
 )
+[ ${#npm_specs[@]} -gt 0 ] && args+=(--tsconfig-override "$npm_dir/tsconfig.json")
 [ -n "$target" ] && args+=("--target=$target")
 trap 'rm -f "$tmp" "$tmp.exe"' EXIT
 bun "${args[@]}" "${entries[@]}" >&2
