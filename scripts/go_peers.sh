@@ -21,6 +21,9 @@ peers=(
   # Independent clients the interop tests read haul's pushes back with.
   "crane github.com/google/go-containerregistry/cmd/crane@v0.22.1"
   "oras oras.land/oras/cmd/oras@v1.3.6"
+  # regclient's regctl, a bench peer (issue 17; Replicate's pget is not served by the proxy:
+  # 403 on github.com/replicate/pget). Built in 6 s.
+  "regctl github.com/regclient/regclient/cmd/regctl@v0.11.7"
   # The distribution-spec conformance suite (its own module; the proxy does not serve the
   # parent github.com/opencontainers/distribution-spec), run against `haul serve`
   # (tests/server/conformance_test.ts). Built as the command its README names (`go build`;

@@ -14,6 +14,7 @@ import { download } from "../download/download.ts";
 import { NotFoundError, UsageError } from "../errors.ts";
 import type { ConnectionOptions } from "../registry/session.ts";
 import { createSession } from "../registry/session.ts";
+import { errorFromResponse, readBody } from "../registry/client.ts";
 import type { TransferTuning } from "../download/download.ts";
 import { defaultModelsDir, OllamaStore } from "../store/ollama.ts";
 import { parseReference } from "../registry/reference.ts";
@@ -164,6 +165,33 @@ export class PullThrough {
       this.#failed.set(name, { at: Date.now(), error });
       throw error;
     }
+  }
+
+  /**
+   * The upstream's tags of `repo`, every page (Link `rel="next"`, at most 100 pages).
+   * @throws {NotFoundError} when the upstream has no such repository.
+   */
+  async tags(repo: PullThroughRepository): Promise<string[]> {
+    const up = this.#upstream(repo.host);
+    const { upstreams: _, tagTtlMs: __, modelsDir: ___, ...rest } = this.#options;
+    const session = createSession(up.base, [`repository:${repo.repository}:pull`], rest);
+    const tags: string[] = [];
+    let url: string | undefined = `${up.base}/v2/${repo.repository}/tags/list?n=1000`;
+    for (let page = 0; url && page < 100; page++) {
+      const res = await session.client.fetch(new Request(url, { signal: rest.signal }));
+      if (res.status === 404) {
+        await res.body?.cancel();
+        throw new NotFoundError(`${repo.host} has no repository ${repo.repository}`);
+      }
+      if (!res.ok) throw await errorFromResponse(res, "GET", url);
+      const body = JSON.parse(new TextDecoder().decode(await readBody(res, 4 << 20)));
+      if (Array.isArray(body?.tags)) {
+        tags.push(...body.tags.filter((t: unknown) => typeof t === "string"));
+      }
+      const next = /<([^>]+)>\s*;\s*rel="?next"?/.exec(res.headers.get("link") ?? "")?.[1];
+      url = next === undefined ? undefined : new URL(next, url).href;
+    }
+    return tags;
   }
 
   /** Makes the store hold blob `digest` of `repo`. */

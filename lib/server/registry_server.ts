@@ -18,9 +18,23 @@ import { ChunksumsCache } from "../store/chunksums_cache.ts";
 import { DEFAULT_CHUNK_SIZE } from "../registry/chunksums.ts";
 import { isDigest } from "../digest.ts";
 import { join } from "node:path";
-import { DEFAULT_READ_SIZE, isTag, StoreCatalog, type StoreRepository } from "../store/catalog.ts";
+import {
+  DEFAULT_READ_SIZE,
+  isTag,
+  type ParsedName,
+  StoreCatalog,
+  type StoreRepository,
+} from "../store/catalog.ts";
 import { defaultModelsDir } from "../store/ollama.ts";
-import { fillFromUpstream, type Upstream, type UpstreamFailure } from "./upstream.ts";
+import {
+  fillFromUpstream,
+  locateUpstream,
+  type Upstream,
+  type UpstreamFailure,
+} from "./upstream.ts";
+import { NotFoundError } from "../errors.ts";
+
+type Candidate = Extract<ParsedName, { ok: true }>["candidates"][number];
 
 /** Where the handler reports what it does; nothing is printed otherwise. */
 export interface ServeLogger {
@@ -323,13 +337,44 @@ async function tagsList(req: Request, url: URL, name: string, ctx: Ctx): Promise
   if (!parsed.ok) {
     return ociError(req, 400, "NAME_INVALID", `Invalid repository name: ${parsed.reason}`);
   }
-  const repo = await ctx.catalog.findRepository(parsed.candidates);
-  if (!repo) return ociError(req, 404, "NAME_UNKNOWN", `Repository ${name} is not in this store`);
-  const page = paginate(url, await ctx.catalog.tags(repo), ctx.maxPageSize);
+  const upstreamTags = await tagsUpstream(url, parsed.candidates, ctx);
+  const repo = await ctx.catalog.findRepository(
+    upstreamTags ? [...upstreamTags.candidates, ...parsed.candidates] : parsed.candidates,
+  );
+  if (!repo && !upstreamTags?.tags) {
+    return ociError(req, 404, "NAME_UNKNOWN", `Repository ${name} is not in this store`);
+  }
+  const stored = repo ? await ctx.catalog.tags(repo) : [];
+  const all = [...new Set([...stored, ...(upstreamTags?.tags ?? [])])].sort();
+  const page = paginate(url, all, ctx.maxPageSize);
   if (typeof page === "string") return ociError(req, 400, "PAGINATION_NUMBER_INVALID", page);
   const res = json(req, 200, { name, tags: page.items });
   if (page.next) res.headers.set("link", `<${url.pathname}?${page.next}>; rel="next"`);
   return res;
+}
+
+/**
+ * With --upstream: the upstream's tags of the name (undefined tags when it has no such
+ * repository, or cannot be reached: then the store's alone, with a warning), and the store
+ * location of the upstream's copy.
+ */
+async function tagsUpstream(
+  url: URL,
+  candidates: Candidate[],
+  ctx: Ctx,
+): Promise<{ tags?: string[]; candidates: Candidate[] } | undefined> {
+  const up = ctx.upstream;
+  if (!up?.tags) return undefined;
+  const at = locateUpstream(candidates, url.searchParams.get("ns"), up.hosts);
+  const located: Candidate[] = [{ host: at.host, repository: at.repository.split("/") }];
+  try {
+    return { tags: await up.tags(at), candidates: located };
+  } catch (err) {
+    if (!(err instanceof NotFoundError)) {
+      ctx.warn(`upstream ${at.host}: tags of ${at.repository}: ${(err as Error).message}`);
+    }
+    return { candidates: located };
+  }
 }
 
 async function catalogList(req: Request, url: URL, ctx: Ctx): Promise<Response> {

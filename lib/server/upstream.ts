@@ -35,6 +35,11 @@ export interface Upstream {
   ensureManifest(repo: UpstreamRepository, reference: string): Promise<void>;
   /** Makes the store hold blob `digest` of `repo` (called when the store lacks it). */
   ensureBlob(repo: UpstreamRepository, digest: string): Promise<void>;
+  /**
+   * The upstream's tags of `repo` (tags/list answers them merged with the store's).
+   * @throws {NotFoundError} when the upstream has no such repository.
+   */
+  tags?(repo: UpstreamRepository): Promise<string[]>;
 }
 
 type Candidate = Extract<ParsedName, { ok: true }>["candidates"][number];
@@ -103,10 +108,27 @@ export async function fillFromUpstream(
     const what = `${repo.host}/${repo.repository} ${req.reference}`;
     const message = `upstream: ${what}: ${(err as Error)?.message ?? err}`;
     if (err instanceof NotFoundError) {
-      const code = req.kind === "manifests" ? "MANIFEST_UNKNOWN" : "BLOB_UNKNOWN";
+      // The upstream's own code when it said one (NAME_UNKNOWN for a repository it lacks).
+      const said = ociCodeOf(err);
+      const code = said === "NAME_UNKNOWN"
+        ? said
+        : req.kind === "manifests"
+        ? "MANIFEST_UNKNOWN"
+        : "BLOB_UNKNOWN";
       return { candidates, failure: { status: 404, code, message } };
     }
     warn(`${message} (serving what the store has, if anything)`);
     return { candidates, failure: { status: 502, code: "UNKNOWN", message } };
   }
+}
+
+/** The first OCI error code in `err` or its causes (a RegistryError's `codes`), if any. */
+function ociCodeOf(err: unknown): string | undefined {
+  for (let e = err, i = 0; e && i < 5; e = (e as { cause?: unknown }).cause, i++) {
+    const codes = (e as { codes?: { code?: unknown }[] }).codes;
+    const code = Array.isArray(codes) ? codes[0]?.code : undefined;
+    if (typeof code === "string") return code;
+    if (/\bNAME_UNKNOWN\b/.test(String((e as Error).message))) return "NAME_UNKNOWN";
+  }
+  return undefined;
 }

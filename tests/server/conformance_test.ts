@@ -13,10 +13,18 @@
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
-import { type Fixture, goPeer, makeOciImage, makeOllamaModel, tmpDir } from "../support/harness.ts";
+import {
+  type Fixture,
+  goPeer,
+  makeOciImage,
+  makeOllamaModel,
+  pushFixture,
+  startRegistry,
+  tmpDir,
+} from "../support/harness.ts";
 import { type ServeProcess, startServe, storeFixture } from "./serve_fixtures.ts";
 
 /** The pull APIs of the suite's "API conformance" table; each must end "Pass". */
@@ -262,14 +270,19 @@ async function errorCode(res: Response): Promise<string> {
  * checks by status alone: unknown manifests, blobs and repositories give 404 with the spec's
  * error code, HEAD of an unknown blob a bodiless 404, and a blob Range its 206.
  */
-async function assertNegatives(w: World, seeded: Seeded): Promise<void> {
+async function assertNegatives(
+  w: World,
+  seeded: Seeded,
+  /** With --upstream, the upstream's own code for a repository it lacks, passed through. */
+  unknownName = "NAME_UNKNOWN",
+): Promise<void> {
   const base = `${w.server.url}/v2/${seeded.repo}`;
   const missing = `sha256:${"0".repeat(64)}`;
   const cases: [string, string, number, string][] = [
     ["GET", `${base}/manifests/missing-tag`, 404, "MANIFEST_UNKNOWN"],
     ["GET", `${base}/manifests/${missing}`, 404, "MANIFEST_UNKNOWN"],
     ["GET", `${base}/blobs/${missing}`, 404, "BLOB_UNKNOWN"],
-    ["GET", `${w.server.url}/v2/library/not-here/manifests/latest`, 404, "NAME_UNKNOWN"],
+    ["GET", `${w.server.url}/v2/library/not-here/manifests/latest`, 404, unknownName],
     ["GET", `${base}/manifests/sha256:baddigeststring`, 400, "DIGEST_INVALID"],
   ];
   for (const [method, url, status, code] of cases) {
@@ -306,5 +319,37 @@ Deno.test("OCI conformance suite, pull workflow, against haul serve", async (t) 
   } finally {
     await w.server.stop();
     await rm(w.dir, { recursive: true, force: true });
+  }
+});
+
+Deno.test("OCI conformance suite, pull workflow, against haul serve --upstream (content only upstream)", async () => {
+  // The same local images, pushed to the real registry only; haul serve starts with an empty
+  // store and fetches what the suite asks for through --upstream.
+  const dir = await tmpDir("haul-conformance-upstream");
+  const registry = await startRegistry();
+  const seeded: Seeded = {
+    repo: "library/conformance",
+    fixtures: {
+      latest: makeOllamaModel({ layerSizes: [5000, 300, 100], seed: 61 }),
+      oci: makeOciImage({ layerSizes: [3000, 0], seed: 62 }),
+      "v1.0": makeOciImage({ layerSizes: [700], seed: 63, annotations: { "org.example": "x" } }),
+    },
+  };
+  for (const [tag, fx] of Object.entries(seeded.fixtures)) {
+    await pushFixture(registry, seeded.repo, tag, fx);
+  }
+  const store = join(dir, "store");
+  await mkdir(store, { recursive: true });
+  const server = await startServe(store, { extra: ["--upstream", registry.url] });
+  const w = { dir, server, local: seeded, remote: seeded, alias: seeded };
+  try {
+    assertAllPulled(await runSuite(w, seeded), seeded, "--upstream");
+    await assertManifestHeaders(w, seeded);
+    // docker-registry 2.8 answers MANIFEST_UNKNOWN for a repository it lacks; haul passes it on.
+    await assertNegatives(w, seeded, "MANIFEST_UNKNOWN");
+  } finally {
+    await server.stop();
+    await registry.stop();
+    await rm(dir, { recursive: true, force: true });
   }
 });
