@@ -285,26 +285,24 @@ export class BlobFills {
   };
 
   /**
-   * Hooks and an event sink for a `pull()`: each blob it starts to fetch becomes a fill (so
-   * clients asking for it wait on it instead of fetching it again), done at its `blob-done`.
-   * Call `settle` with the pull's outcome: the fills it left unfinished fail with its error.
+   * Hooks and an event sink for a `pull()` (see {@link PullWatch}): each blob it fetches is a
+   * fill from {@link PullWatch.expect} or its `blob-start` on, so clients asking for it wait on
+   * it instead of fetching it again; done at its `blob-done`.
    */
-  pullHooks(): {
-    onWritten: (r: LandedRange) => void;
-    onDiscarded: (digest: string) => void;
-    onEvent: (e: { type: string; digest?: string; total?: number }) => void;
-    settle: (err?: unknown) => void;
-  } {
+  pullWatch(): PullWatch {
     const mine = new Set<string>();
+    const claim = (digest: string, size: number) => {
+      if (!this.#fills.has(digest)) mine.add(digest);
+      this.track(digest, size);
+    };
     return {
       ...this.hooks,
+      expect: (blobs) => {
+        for (const b of blobs) claim(b.digest, b.size);
+      },
       onEvent: (e) => {
-        if (e.type === "blob-start" && e.digest && e.total !== undefined) {
-          if (!this.#fills.has(e.digest)) mine.add(e.digest);
-          this.track(e.digest, e.total);
-        } else if (e.type === "blob-done" && e.digest && mine.delete(e.digest)) {
-          this.end(e.digest);
-        }
+        if (e.type === "blob-start" && e.digest && e.total !== undefined) claim(e.digest, e.total);
+        else if (e.type === "blob-done" && e.digest && mine.delete(e.digest)) this.end(e.digest);
       },
       settle: (err) => {
         for (const d of mine) this.end(d, err ?? new Error("the pull ended without this blob"));
@@ -312,4 +310,16 @@ export class BlobFills {
       },
     };
   }
+}
+
+/** What {@link BlobFills.pullWatch} gives a `pull()` (its hooks and `onEvent`) and its caller. */
+export interface PullWatch {
+  onWritten: (r: LandedRange) => void;
+  onDiscarded: (digest: string) => void;
+  /** `pull()`'s progress events (`blob-start`, `blob-done` are read). */
+  onEvent: (e: { type: string; digest?: string; total?: number }) => void;
+  /** The blobs of the manifest being pulled, before the pull reaches them. */
+  expect: (blobs: { digest: string; size: number }[]) => void;
+  /** The pull's outcome: the fills it left unfinished fail with `err`. */
+  settle: (err?: unknown) => void;
 }

@@ -8,6 +8,7 @@ import { createHash } from "node:crypto";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import { download } from "../../lib/download/download.ts";
+import { pull } from "../../lib/ops/pull.ts";
 import { BlobFills } from "../../lib/server/blob_fill.ts";
 import { fillResponse } from "../../lib/server/fill_response.ts";
 import { type HttpServer, serve } from "../../lib/server/http_server.ts";
@@ -32,6 +33,7 @@ interface Rig {
   url: string;
   /** Starts (or joins) the fill; resolves with the engine's outcome. */
   start(): Promise<unknown>;
+  proxyUrl: string;
   upstreamBytes(): number;
   stop(): Promise<void>;
 }
@@ -68,13 +70,18 @@ async function rig(reg: Registry, blob: FixtureBlob, rule: FaultRule): Promise<R
     return p;
   };
   const server = await serve(async (req) => {
-    const fill = fills.get(blob.digest);
-    const range = parseRange(req.headers.get("range"), blob.size);
+    // GET /blob (the rig's blob) or /blobs/<digest> (any blob of the store).
+    const m = /\/blobs\/(sha256:[0-9a-f]{64})$/.exec(new URL(req.url).pathname);
+    const digest = m ? m[1] : blob.digest;
+    const fill = fills.get(digest);
+    const size = fill?.size ?? (await fsp.stat(blobPath(digest)).catch(() => undefined))?.size;
+    if (size === undefined) return new Response("{}", { status: 404 });
+    const range = parseRange(req.headers.get("range"), size);
     const res = fill ? await fillResponse(req, fill, range, { headerWaitMs: 3000 }) : undefined;
     if (res) return res;
-    const bytes = await fsp.readFile(blobPath(blob.digest)).catch(() => undefined);
+    const bytes = await fsp.readFile(blobPath(digest)).catch(() => undefined);
     if (!bytes) return new Response("{}", { status: 404 });
-    const [s, e] = range ? [range.start, range.end] : [0, blob.size];
+    const [s, e] = range ? [range.start, range.end] : [0, size];
     return new Response(new Uint8Array(bytes.subarray(s, e)), { status: range ? 206 : 200 });
   }, { port: 0 });
   return {
@@ -83,6 +90,7 @@ async function rig(reg: Registry, blob: FixtureBlob, rule: FaultRule): Promise<R
     server,
     url: `http://127.0.0.1:${server.port}/blob`,
     start,
+    proxyUrl: proxy.url,
     upstreamBytes: () => proxy.bytesOut(/\/blobs\//),
     stop: async () => {
       await outcome;
@@ -107,11 +115,11 @@ async function get(url: string, range?: string) {
   } catch {
     cut = true;
   }
-  const expected = Number(res.headers.get("content-length") ?? -1);
+  const length = res.headers.get("content-length");
   return {
     status: res.status,
     bytes,
-    cut: cut || bytes !== expected,
+    cut: cut || (length !== null && bytes !== Number(length)),
     digest: `sha256:${hash.digest("hex")}`,
     location: res.headers.get("location"),
   };
@@ -223,6 +231,37 @@ Deno.test("a fill that discards its bytes once: responses that had sent some are
       status: 200,
       digest: blob.digest,
     });
+  } finally {
+    await r.stop();
+    await reg.stop();
+  }
+});
+
+Deno.test("a pull()'s blobs are fills from expect() on: clients stream them while it runs, upstream sends them once", async () => {
+  const fx = makeOllamaModel({ layerSizes: [32 * MiB + 11, 300, 2000], seed: 204 });
+  const reg = await startRegistry();
+  await pushFixture(reg, "lib/fill", "v1", fx);
+  const r = await rig(reg, fx.blobs[1], always(isBlobGet, { rateBytesPerSec: 4 * MiB }));
+  try {
+    const watch = r.fills.pullWatch();
+    watch.expect(fx.blobs.map(({ digest, size }) => ({ digest, size })));
+    const pulled = pull(`${r.proxyUrl.replace("http://", "")}/lib/fill:v1`, {
+      insecure: true,
+      modelsDir: r.dir,
+      partSize: 4 * MiB,
+      ...watch,
+    }).then(() => watch.settle(), (err) => watch.settle(err));
+    const base = `http://127.0.0.1:${r.server.port}/blobs/`;
+    const results = await Promise.all(
+      fx.blobs.flatMap((b) => [get(base + b.digest), get(base + b.digest)]),
+    );
+    await pulled;
+    assert.deepEqual(
+      results.map((x) => [x.status, x.cut, x.digest]),
+      fx.blobs.flatMap((b) => [[200, false, b.digest], [200, false, b.digest]]),
+    );
+    assert.equal(r.upstreamBytes(), fx.blobs.reduce((a, b) => a + b.size, 0), "once each");
+    assert.equal(r.fills.get(fx.blobs[1].digest), undefined, "the fill ended with the pull");
   } finally {
     await r.stop();
     await reg.stop();
