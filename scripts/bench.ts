@@ -632,6 +632,24 @@ async function p1(): Promise<ScenarioBody> {
       bytes: counter,
       check: () => sizeIs(path.join(outDir(), "blob"), size),
     },
+    ...(goPeer("regctl", "HAUL_REGCTL")
+      ? [{
+        id: "regctl",
+        label: "regctl blob get > file",
+        cmd: () => [
+          "sh",
+          "-c",
+          `"$0" --host "reg=${reg.host},tls=disabled" blob get "$1" "$2" > "$3"`,
+          goPeer("regctl", "HAUL_REGCTL")!,
+          `${reg.host}/${f.repo}`,
+          layer.digest,
+          path.join(outDir(), "blob"),
+        ],
+        warm: () => [layer.file],
+        bytes: counter,
+        check: () => sizeIs(path.join(outDir(), "blob"), size),
+      }]
+      : []),
     {
       id: "floor-recv",
       label: "floor: Deno fetch ×4 ranges → discard",
@@ -921,6 +939,7 @@ async function p8(): Promise<ScenarioBody> {
     );
     const crane = goPeer("crane", "HAUL_CRANE");
     const oras = goPeer("oras", "HAUL_ORAS");
+    const regctl = goPeer("regctl", "HAUL_REGCTL");
     const tools: Tool[] = [
       ...haulKinds().map((k) => ({ ...haulPullTool(k, ref, f), bytes: counter })),
       {
@@ -971,6 +990,24 @@ async function p8(): Promise<ScenarioBody> {
           check: () => layoutHas(path.join(outDir(), "oci"), count),
         }]
         : []),
+      ...(regctl
+        ? [{
+          id: "regctl",
+          label: "regctl image copy → ocidir://",
+          cmd: () => [
+            regctl,
+            "--host",
+            `reg=${lat.host},tls=disabled`,
+            "image",
+            "copy",
+            ref,
+            `ocidir://${path.join(outDir(), "oci")}:latest`,
+          ],
+          warm: () => [],
+          bytes: counter,
+          check: () => layoutHas(path.join(outDir(), "oci"), count),
+        }]
+        : []),
       ...(oras
         ? [{
           id: "oras",
@@ -996,7 +1033,7 @@ async function p8(): Promise<ScenarioBody> {
       const peers: [string, number][] = [["aria2c", 0.5], ["skopeo", 0.1], ["crane", 0.5], [
         "oras",
         0.5,
-      ]];
+      ], ["regctl", 0.5]];
       for (const [peer, limit] of peers) {
         if (!tools.some((t) => t.id === peer)) continue;
         checks.push(ratioCheck(
@@ -1014,9 +1051,9 @@ async function p8(): Promise<ScenarioBody> {
         `Fixture: the P3 image (${count} layers of ${each} bytes) on docker-registry ${reg.host}, behind scripts/bench/latency_proxy.ts: 50 ms before the first byte of every new connection, 50 ms before every request is forwarded (kept-alive connections to the registry).`,
         `aria2c: \`aria2c -j16 -i LIST\` of the blob URLs (no manifest, no verification); crane ${
           crane ? "v0.22.1" : "(not built)"
-        }, oras ${
-          oras ? "v1.3.6" : "(not built)"
-        } from scripts/go_peers.sh; skopeo in the first round only.`,
+        }, oras ${oras ? "v1.3.6" : "(not built)"}, regctl ${
+          regctl ? "v0.11.7" : "(not built)"
+        } from scripts/go_peers.sh (Replicate's pget: not served by the Go module proxy); skopeo in the first round only.`,
         "Bytes: response bodies the latency proxy relayed.",
       ],
       tools,

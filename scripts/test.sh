@@ -30,7 +30,7 @@ command -v bun >/dev/null 2>&1 || npm i -g bun@1 >&2 || { echo "0 passed, 1 fail
 # pinned, built once into a cache by go install.
 peers_bin=$(bash scripts/go_peers.sh) || { echo "0 passed, 1 failed"; echo "go_peers.sh failed" >&2; exit 1; }
 export HAUL_OLLAMA="$peers_bin/ollama" HAUL_REGISTRY3="$peers_bin/registry3"
-export HAUL_CRANE="$peers_bin/crane" HAUL_ORAS="$peers_bin/oras"
+export HAUL_CRANE="$peers_bin/crane" HAUL_ORAS="$peers_bin/oras" HAUL_REGCTL="$peers_bin/regctl"
 export HAUL_OCI_CONFORMANCE="$peers_bin/oci-conformance"
 
 log=$(mktemp)
