@@ -58,11 +58,14 @@ fetched under the upstream's host (manifests/HOST/ns/m/TAG). A tag is asked
 upstream again once it is older than --tag-ttl (300ms, 30s, 5m, 1h; default
 5m); digests and blobs never are. Upstream unreachable: what the store holds is
 served, with a warning; what it lacks gets 502 with a registry error (404 when
-the upstream has no such manifest). A manifest request waits until the whole
-model (every blob) is in the store, so its first request takes as long as the
-upstream transfer; a blob a client then asks for is there already (stock Ollama
-GETs the manifest first, then each blob for its Location, and would not wait
-for a blob still coming). A blob asked for on its own is fetched alone.
+the upstream has no such manifest). An image manifest is answered as soon as
+it is resolved upstream, and its blobs are served while they land: a Range of
+bytes already on disk at once, bytes still coming as they arrive; the blob's
+last byte only once the whole blob is verified, so no client completes a blob
+with bad bytes (a failed fetch gets a waiting client 502/404 JSON and cuts the
+responses in flight). The model is in the store (manifest written last) when
+its pull ends. An index is pulled whole first; a blob asked for on its own is
+fetched alone before it is served.
 
 With --htpasswd FILE every request needs Basic auth by a user of FILE, whose
 entries are bcrypt as "htpasswd -B FILE USER" writes them (other hash kinds are

@@ -9,13 +9,20 @@
  * same upstream repository first (the blob is most likely one of theirs), then fetches the
  * blob alone if the store still lacks it. Tags are re-resolved after `tagTtlMs`; digests and
  * blobs never are. It has the shape of lib/server/upstream.ts `Upstream`.
+ *
+ * Streamed (the handler passes a {@link PullThroughWatch}): the manifest is resolved first and
+ * returned at once, and the pull of exactly that digest (stored under the tag) reports its
+ * blobs as they land, so the handler serves them before they are in (lib/server/blob_fill.ts).
  */
 import { download } from "../download/download.ts";
 import { NotFoundError, UsageError } from "../errors.ts";
 import type { ConnectionOptions } from "../registry/session.ts";
 import { createSession } from "../registry/session.ts";
 import { errorFromResponse, readBody } from "../registry/client.ts";
-import type { TransferTuning } from "../download/download.ts";
+import type { TransferTuning, WrittenHooks } from "../download/download.ts";
+import type { FetchedManifest } from "../registry/client.ts";
+import { imageBlobs, parseManifest } from "../registry/manifest.ts";
+import type { ProgressEvent } from "../progress_events.ts";
 import { defaultModelsDir, OllamaStore } from "../store/ollama.ts";
 import { parseReference } from "../registry/reference.ts";
 import { pull } from "./pull.ts";
@@ -84,6 +91,19 @@ interface Flight {
   /** `host/repository` */
   repoKey: string;
   done: Promise<void>;
+  /** Streamed: the manifest, answered before its blobs are in (undefined for an index). */
+  manifest?: Promise<FetchedManifest | undefined>;
+}
+
+/**
+ * How a pull reports its blobs as they land (the shape of lib/server/blob_fill.ts `PullWatch`):
+ * the engine's hooks, `pull()`'s events, the manifest's blobs before the pull reaches them, and
+ * the pull's outcome.
+ */
+export interface PullThroughWatch extends WrittenHooks {
+  onEvent: (e: ProgressEvent) => void;
+  expect: (blobs: { digest: string; size: number }[]) => void;
+  settle: (err?: unknown) => void;
 }
 
 /** The pull-through upstream; see the module comment. */
@@ -120,8 +140,16 @@ export class PullThrough {
     return up;
   }
 
-  /** Makes the store hold `reference` (tag or digest) of `repo` and its blobs. */
-  async ensureManifest(repo: PullThroughRepository, reference: string): Promise<void> {
+  /**
+   * Makes the store hold `reference` (tag or digest) of `repo` and its blobs. With `watch`, an
+   * image manifest is returned as soon as it is resolved (its blobs then land through `watch`,
+   * settled when the pull ends); without, or for an index, it resolves when the pull is done.
+   */
+  async ensureManifest(
+    repo: PullThroughRepository,
+    reference: string,
+    watch?: PullThroughWatch,
+  ): Promise<FetchedManifest | void> {
     const up = this.#upstream(repo.host);
     const isDigest = reference.includes(":");
     const name = `${repo.host}/${repo.repository}${isDigest ? "@" : ":"}${reference}`;
@@ -130,11 +158,53 @@ export class PullThrough {
     if (failed && Date.now() - failed.at < FAILURE_HOLD_MS) throw failed.error;
     let flight = this.#pulls.get(name);
     if (!flight) {
-      const done = this.#pullHeld(up, name).finally(() => this.#pulls.delete(name));
-      flight = { repoKey: `${repo.host}/${repo.repository}`, done };
+      const streamed = watch ? this.#streamed(up, repo, reference, name, watch) : undefined;
+      const done = (streamed ? streamed.then((s) => s.done) : this.#pullHeld(up, name))
+        .finally(() => this.#pulls.delete(name));
+      done.catch(() => {}); // a streamed pull's failure reaches its clients through `watch`
+      const manifest = streamed?.then((s) => s.manifest);
+      flight = { repoKey: `${repo.host}/${repo.repository}`, done, manifest };
       this.#pulls.set(name, flight);
     }
+    const manifest = await flight.manifest;
+    if (manifest) return manifest;
     await flight.done;
+  }
+
+  /**
+   * Resolves `reference` upstream; for an image manifest, starts the pull of exactly that
+   * digest (stored under the tag) with `watch`, after telling it the manifest's blobs.
+   */
+  async #streamed(
+    up: UpstreamRegistry,
+    repo: PullThroughRepository,
+    reference: string,
+    name: string,
+    watch: PullThroughWatch,
+  ): Promise<{ manifest?: FetchedManifest; done: Promise<void> }> {
+    const { upstreams: _, tagTtlMs: __, modelsDir: ___, ...rest } = this.#options;
+    const session = createSession(up.base, [`repository:${repo.repository}:pull`], rest);
+    let got: FetchedManifest;
+    let doc;
+    try {
+      got = await session.client.getManifest(repo.repository, reference, { signal: rest.signal });
+      doc = parseManifest(got.bytes, got.mediaType);
+    } catch (error) {
+      this.#failed.set(name, { at: Date.now(), error });
+      throw error;
+    }
+    if (doc.kind !== "manifest") return { done: this.#pullHeld(up, name) };
+    watch.expect(imageBlobs([doc]).map((b) => ({ digest: b.digest, size: b.size })));
+    const tag = reference.includes(":") ? "" : `:${reference}`;
+    const pinned = `${repo.host}/${repo.repository}${tag}@${got.digest}`;
+    const done = this.#pullHeld(up, pinned, watch, name).then(
+      () => watch.settle(),
+      (err) => {
+        watch.settle(err);
+        throw err;
+      },
+    );
+    return { manifest: got, done };
   }
 
   /** A tag resolved less than the TTL ago whose manifest is still in the store. */
@@ -145,24 +215,38 @@ export class PullThrough {
     return await stat(path).then((s) => s.isFile(), () => false);
   }
 
-  async #pull(up: UpstreamRegistry, name: string): Promise<void> {
+  /** {@link pull} of `name`; `key` (@default name) is the reference the TTL is kept for. */
+  async #pull(
+    up: UpstreamRegistry,
+    name: string,
+    watch?: PullThroughWatch,
+    key = name,
+  ): Promise<void> {
     const started = Date.now();
     const { upstreams: _, tagTtlMs: __, ...rest } = this.#options;
     await pull(name, {
       ...rest,
       modelsDir: this.#store.root,
       insecure: up.insecure,
+      ...(watch
+        ? { onWritten: watch.onWritten, onDiscarded: watch.onDiscarded, onEvent: watch.onEvent }
+        : {}),
     });
-    this.#resolvedAt.set(name, started);
+    this.#resolvedAt.set(key, started);
   }
 
   /** {@link pull} of `name`, its failure held for a while (see {@link FAILURE_HOLD_MS}). */
-  async #pullHeld(up: UpstreamRegistry, name: string): Promise<void> {
+  async #pullHeld(
+    up: UpstreamRegistry,
+    name: string,
+    watch?: PullThroughWatch,
+    key = name,
+  ): Promise<void> {
     try {
-      await this.#pull(up, name);
-      this.#failed.delete(name);
+      await this.#pull(up, name, watch, key);
+      this.#failed.delete(key);
     } catch (error) {
-      this.#failed.set(name, { at: Date.now(), error });
+      this.#failed.set(key, { at: Date.now(), error });
       throw error;
     }
   }

@@ -23,6 +23,7 @@ import {
   isTag,
   type ParsedName,
   StoreCatalog,
+  type StoredManifest,
   type StoreRepository,
 } from "../store/catalog.ts";
 import { defaultModelsDir } from "../store/ollama.ts";
@@ -33,6 +34,8 @@ import {
   type UpstreamFailure,
 } from "./upstream.ts";
 import { NotFoundError } from "../errors.ts";
+import { type BlobFill, BlobFills } from "./blob_fill.ts";
+import { fillResponse } from "./fill_response.ts";
 
 type Candidate = Extract<ParsedName, { ok: true }>["candidates"][number];
 
@@ -111,6 +114,12 @@ export function createRegistryHandler(
     signal: options.signal,
     upstream: options.upstream,
     warn: (m) => logger?.warn(m),
+    fills: options.upstream
+      ? new BlobFills({
+        blobPath: (d) => catalog.blobPath(d),
+        onFailure: (f, e) => logger?.warn(`upstream: blob ${f.digest}: ${e.message}`),
+      })
+      : undefined,
   };
 
   return async (req) => {
@@ -142,6 +151,8 @@ interface Ctx {
   signal?: AbortSignal;
   upstream?: Upstream;
   warn: (message: string) => void;
+  /** With an upstream: the blobs landing now, served as they land. */
+  fills?: BlobFills;
 }
 
 function safePath(url: string): string {
@@ -190,6 +201,14 @@ async function route(req: Request, ctx: Ctx): Promise<Response> {
   } else if (!isTag(reference)) {
     return ociError(req, 404, "MANIFEST_UNKNOWN", "Not a valid tag");
   }
+  const landing = kind === "manifests" ? undefined : ctx.fills?.get(reference);
+  if (landing && kind === "chunksums") {
+    return ociError(req, 404, "BLOB_UNKNOWN", `Blob ${reference} is still landing`);
+  }
+  if (landing) {
+    const res = await landingBlob(req, landing, ctx);
+    if (res) return res; // else it is in the store now
+  }
   const filled = ctx.upstream
     ? await fillFromUpstream(ctx.upstream, {
       kind,
@@ -197,8 +216,15 @@ async function route(req: Request, ctx: Ctx): Promise<Response> {
       candidates: parsed.candidates,
       ns: url.searchParams.get("ns"),
       present: await isPresent(kind, reference, parsed.candidates, ctx),
+      fills: ctx.fills,
     }, ctx.warn)
     : { candidates: parsed.candidates };
+  if (kind === "manifests" && "manifest" in filled && filled.manifest) {
+    return manifestResponse(req, {
+      ...filled.manifest,
+      bytes: new Uint8Array(filled.manifest.bytes),
+    });
+  }
   const failure = filled.failure;
   const repo = await ctx.catalog.findRepository(filled.candidates);
   // A blob fetched on its own (no manifest of it in the store yet) is served all the same.
@@ -240,6 +266,11 @@ async function manifest(
   if (!m) {
     return ociError(req, 404, "MANIFEST_UNKNOWN", `Manifest ${reference} is not in this store`);
   }
+  return manifestResponse(req, m);
+}
+
+/** A manifest's answer (ETag, If-None-Match). */
+function manifestResponse(req: Request, m: StoredManifest): Response {
   const etag = `"${m.digest}"`;
   const headers = new Headers({
     "content-type": m.mediaType,
@@ -252,6 +283,25 @@ async function manifest(
     return new Response(null, { status: 304, headers });
   }
   return new Response(req.method === "HEAD" ? null : m.bytes, { status: 200, headers });
+}
+
+/**
+ * A blob still landing from the upstream (blob_fill.ts): If-None-Match and Range as for a
+ * stored blob; undefined when it has landed (serve it from the store).
+ */
+async function landingBlob(req: Request, fill: BlobFill, ctx: Ctx): Promise<Response | undefined> {
+  if (matchesEtag(req.headers.get("if-none-match"), fill.digest)) {
+    return new Response(null, { status: 304, headers: { etag: `"${fill.digest}"` } });
+  }
+  let range = parseRange(req.headers.get("range"), fill.size);
+  const ifRange = req.headers.get("if-range");
+  if (range && ifRange !== null && !matchesEtag(ifRange, fill.digest, true)) range = undefined;
+  if (range === "unsatisfiable") {
+    return ociError(req, 416, "RANGE_INVALID", `Range is outside the ${fill.size}-byte blob`, {
+      "content-range": `bytes */${fill.size}`,
+    });
+  }
+  return await fillResponse(req, fill, range, { readSize: ctx.readSize, signal: ctx.signal });
 }
 
 async function blob(

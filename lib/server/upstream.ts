@@ -2,7 +2,9 @@
  * `haul serve --upstream`: what the registry handler asks of a pull-through upstream, and how
  * it maps a requested name onto one. The handler stays a reader of the store: an
  * {@link Upstream} (lib/ops/pull_through.ts implements one) puts manifests and blobs into the
- * store, and the handler then serves them from there as it serves everything else.
+ * store, and the handler then serves them from there as it serves everything else; an image
+ * manifest the upstream returns at once is served from memory, and its blobs while they land
+ * (blob_fill.ts, fill_response.ts), until its pull has put the model in the store.
  *
  * Name → upstream: a name whose first component is the host of an upstream
  * (`127.0.0.1_5000/ns/m`, read as in lib/store/catalog.ts) goes to that upstream; else
@@ -12,6 +14,7 @@
  */
 import { NotFoundError } from "../errors.ts";
 import type { ParsedName } from "../store/catalog.ts";
+import type { BlobFills, PullWatch } from "./blob_fill.ts";
 
 /** A repository on an upstream, and where it lives in the store (`manifests/<host>/<repository>`). */
 export interface UpstreamRepository {
@@ -31,8 +34,17 @@ export interface Upstream {
    * returns at once) and for a digest the store lacks.
    * @throws {NotFoundError} when the upstream has no such manifest; another error when the
    * upstream could not be reached or sent bad bytes.
+   *
+   * With `watch`, it may answer as soon as an image manifest is resolved, its blobs still
+   * coming: it returns the manifest, calls `watch.expect` with the manifest's blobs first, passes
+   * `watch`'s hooks and `onEvent` to the engine and calls `watch.settle` when the pull ends; the
+   * handler serves the manifest from memory and the blobs as they land (blob_fill.ts).
    */
-  ensureManifest(repo: UpstreamRepository, reference: string): Promise<void>;
+  ensureManifest(
+    repo: UpstreamRepository,
+    reference: string,
+    watch?: PullWatch,
+  ): Promise<UpstreamManifest | void>;
   /** Makes the store hold blob `digest` of `repo` (called when the store lacks it). */
   ensureBlob(repo: UpstreamRepository, digest: string): Promise<void>;
   /**
@@ -40,6 +52,13 @@ export interface Upstream {
    * @throws {NotFoundError} when the upstream has no such repository.
    */
   tags?(repo: UpstreamRepository): Promise<string[]>;
+}
+
+/** A manifest as the upstream sent it. */
+export interface UpstreamManifest {
+  bytes: Uint8Array;
+  digest: string;
+  mediaType: string;
 }
 
 type Candidate = Extract<ParsedName, { ok: true }>["candidates"][number];
@@ -71,6 +90,8 @@ export interface UpstreamFill {
   candidates: Candidate[];
   /** The answer when the store lacks the thing after all (the upstream failed). */
   failure?: UpstreamFailure;
+  /** A manifest to serve as it is, its blobs still landing (see {@link Upstream.ensureManifest}). */
+  manifest?: UpstreamManifest;
 }
 
 /** What the handler is asked for, as far as the upstream is concerned. */
@@ -81,6 +102,8 @@ export interface UpstreamRequest {
   ns: string | null;
   /** True when the store already holds the blob or manifest digest asked for. */
   present: boolean;
+  /** Where a model's blobs are followed while they land. @default none: wait for the pull */
+  fills?: BlobFills;
 }
 
 /**
@@ -101,8 +124,11 @@ export async function fillFromUpstream(
   const isTagRequest = req.kind === "manifests" && !req.reference.includes(":");
   if (req.present && !isTagRequest) return { candidates };
   try {
-    if (req.kind === "manifests") await upstream.ensureManifest(repo, req.reference);
-    else await upstream.ensureBlob(repo, req.reference);
+    if (req.kind === "manifests") {
+      const manifest = await upstream.ensureManifest(repo, req.reference, req.fills?.pullWatch());
+      return manifest ? { candidates, manifest } : { candidates };
+    }
+    await upstream.ensureBlob(repo, req.reference);
     return { candidates };
   } catch (err) {
     const what = `${repo.host}/${repo.repository} ${req.reference}`;
