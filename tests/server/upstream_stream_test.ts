@@ -1,0 +1,134 @@
+/**
+ * `haul serve --upstream` serves a model while it lands: the `haul serve` process in front of
+ * the real registry, behind a fault proxy that slows (and counts, and corrupts) what the
+ * upstream sends; clients are fetch() and `haul pull`.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { mkdir, readdir, rm } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  makeOllamaModel,
+  pushFixture,
+  runCli,
+  sha256File,
+  startRegistry,
+  tmpDir,
+} from "../support/harness.ts";
+import { always, startFaultProxy } from "../support/fault_proxy.ts";
+import { startServe } from "./serve_fixtures.ts";
+
+const MiB = 1 << 20;
+const sha = (b: Uint8Array) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+const blobGet = (r: { method: string; url: string }) =>
+  r.method === "GET" && r.url.includes("/blobs/");
+
+Deno.test("upstream streaming: the manifest and a blob's first bytes are served while it lands, then haul pull verifies", async () => {
+  const dir = await tmpDir("haul-upstream-stream");
+  const reg = await startRegistry();
+  // 4 MiB/s per request: the 48 MiB layer takes a few seconds to land in 16 MiB parts.
+  const proxy = await startFaultProxy(reg.url, {
+    rule: always(blobGet, { rateBytesPerSec: 4 * MiB }),
+  });
+  const store = join(dir, "cache");
+  await mkdir(store);
+  const server = await startServe(store, { extra: ["--upstream", proxy.url] });
+  const fx = makeOllamaModel({ layerSizes: [48 * MiB + 1, 300, 100], seed: 211 });
+  const big = fx.blobs[1];
+  const cached = join(store, "blobs", big.digest.replace(":", "-"));
+  const inCache = () =>
+    readdir(join(store, "blobs")).then((n) => n.includes(cached.split("/").at(-1)!), () => false);
+  try {
+    await pushFixture(reg, "library/stream", "latest", fx);
+    const m = await fetch(`${server.url}/v2/library/stream/manifests/latest`, {
+      headers: { accept: fx.mediaType },
+    });
+    assert.equal(m.status, 200);
+    assert.deepEqual(new Uint8Array(await m.arrayBuffer()), fx.manifest);
+    assert.equal(await inCache(), false, "the manifest came before its large blob was in");
+    const head = await fetch(`${server.url}/v2/library/stream/blobs/${big.digest}`, {
+      method: "HEAD",
+    });
+    assert.equal(head.status, 200);
+    assert.equal(head.headers.get("content-length"), String(big.size));
+    const first = await fetch(`${server.url}/v2/library/stream/blobs/${big.digest}`, {
+      headers: { range: "bytes=0-1048575" },
+    });
+    assert.equal(first.status, 206);
+    assert.equal(sha(new Uint8Array(await first.arrayBuffer())), sha(big.data!.subarray(0, MiB)));
+    assert.equal(await inCache(), false, "the first MiB came while the blob still landed");
+
+    const dest = join(dir, "client");
+    const r = await runCli([
+      "pull",
+      "--insecure",
+      "--quiet",
+      "--models",
+      dest,
+      `${server.host}/library/stream:latest`,
+    ], { timeoutMs: 120_000 });
+    assert.equal(r.code, 0, r.stderr + server.child.output().stderr);
+    for (const b of fx.blobs) {
+      assert.equal(
+        `sha256:${await sha256File(join(dest, "blobs", b.digest.replace(":", "-")))}`,
+        b.digest,
+      );
+    }
+    const sent = proxy.bytesOut(/\/blobs\//);
+    const model = fx.blobs.reduce((a, b) => a + b.size, 0);
+    console.log(`streamed: upstream sent ${sent} blob bytes for a ${model}-byte model`);
+    assert.equal(sent, model, "the upstream sent each blob once");
+  } finally {
+    await server.stop();
+    await proxy.stop();
+    await reg.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+Deno.test("upstream streaming: a large blob corrupt upstream: clients get an error or a cut body, no blob file", async () => {
+  const dir = await tmpDir("haul-upstream-stream");
+  const reg = await startRegistry();
+  const proxy = await startFaultProxy(reg.url, {
+    rule: always(blobGet, { rateBytesPerSec: 8 * MiB, flipByteAt: 5000 }),
+  });
+  const store = join(dir, "cache");
+  await mkdir(store);
+  const server = await startServe(store, { extra: ["--upstream", proxy.url] });
+  const fx = makeOllamaModel({ layerSizes: [32 * MiB, 300], seed: 212 });
+  const big = fx.blobs[1];
+  try {
+    await pushFixture(reg, "library/flip", "latest", fx);
+    const m = await fetch(`${server.url}/v2/library/flip/manifests/latest`);
+    assert.equal(m.status, 200);
+    await m.body?.cancel();
+    const url = `${server.url}/v2/library/flip/blobs/${big.digest}`;
+    const results = await Promise.all(Array.from({ length: 4 }, async () => {
+      const res = await fetch(url);
+      const hash = createHash("sha256");
+      let bytes = 0;
+      try {
+        for await (const c of res.body!) {
+          hash.update(c);
+          bytes += c.byteLength;
+        }
+      } catch {
+        return { status: res.status, complete: false, ok: false };
+      }
+      const complete = bytes === Number(res.headers.get("content-length"));
+      return { status: res.status, complete, ok: `sha256:${hash.digest("hex")}` === big.digest };
+    }));
+    for (const r of results) {
+      assert.ok(r.status >= 400 || !r.complete, `an error or a cut body: ${JSON.stringify(r)}`);
+      assert.ok(!(r.status === 200 && r.complete && !r.ok), "never a whole blob with bad bytes");
+    }
+    const names = await readdir(join(store, "blobs")).catch(() => [] as string[]);
+    assert.ok(!names.includes(big.digest.replace(":", "-")), names.join(" "));
+    assert.match(server.child.output().stderr, /upstream/);
+  } finally {
+    await server.stop();
+    await proxy.stop();
+    await reg.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
