@@ -23,68 +23,76 @@ const sha = (b: Uint8Array) => `sha256:${createHash("sha256").update(b).digest("
 const blobGet = (r: { method: string; url: string }) =>
   r.method === "GET" && r.url.includes("/blobs/");
 
-Deno.test("upstream streaming: the manifest and a blob's first bytes are served while it lands, then haul pull verifies", async () => {
-  const dir = await tmpDir("haul-upstream-stream");
-  const reg = await startRegistry();
-  // 4 MiB/s per request: the 48 MiB layer takes a few seconds to land in 16 MiB parts.
-  const proxy = await startFaultProxy(reg.url, {
-    rule: always(blobGet, { rateBytesPerSec: 4 * MiB }),
-  });
-  const store = join(dir, "cache");
-  await mkdir(store);
-  const server = await startServe(store, { extra: ["--upstream", proxy.url] });
-  const fx = makeOllamaModel({ layerSizes: [48 * MiB + 1, 300, 100], seed: 211 });
-  const big = fx.blobs[1];
-  const cached = join(store, "blobs", big.digest.replace(":", "-"));
-  const inCache = () =>
-    readdir(join(store, "blobs")).then((n) => n.includes(cached.split("/").at(-1)!), () => false);
-  try {
-    await pushFixture(reg, "library/stream", "latest", fx);
-    const m = await fetch(`${server.url}/v2/library/stream/manifests/latest`, {
-      headers: { accept: fx.mediaType },
+for (const runtime of ["deno", "bun"] as const) {
+  Deno.test(`upstream streaming (${runtime}): the manifest and a blob's first bytes are served while it lands, then haul pull verifies`, async () => {
+    const dir = await tmpDir("haul-upstream-stream");
+    const reg = await startRegistry();
+    // 4 MiB/s per request: the 48 MiB layer takes a few seconds to land in 16 MiB parts.
+    const proxy = await startFaultProxy(reg.url, {
+      rule: always(blobGet, { rateBytesPerSec: 4 * MiB }),
     });
-    assert.equal(m.status, 200);
-    assert.deepEqual(new Uint8Array(await m.arrayBuffer()), fx.manifest);
-    assert.equal(await inCache(), false, "the manifest came before its large blob was in");
-    const head = await fetch(`${server.url}/v2/library/stream/blobs/${big.digest}`, {
-      method: "HEAD",
-    });
-    assert.equal(head.status, 200);
-    assert.equal(head.headers.get("content-length"), String(big.size));
-    const first = await fetch(`${server.url}/v2/library/stream/blobs/${big.digest}`, {
-      headers: { range: "bytes=0-1048575" },
-    });
-    assert.equal(first.status, 206);
-    assert.equal(sha(new Uint8Array(await first.arrayBuffer())), sha(big.data!.subarray(0, MiB)));
-    assert.equal(await inCache(), false, "the first MiB came while the blob still landed");
+    const store = join(dir, "cache");
+    await mkdir(store);
+    const server = await startServe(store, { extra: ["--upstream", proxy.url], runtime });
+    const fx = makeOllamaModel({ layerSizes: [48 * MiB + 1, 300, 100], seed: 211 });
+    const big = fx.blobs[1];
+    const cached = join(store, "blobs", big.digest.replace(":", "-"));
+    const inCache = () =>
+      readdir(join(store, "blobs")).then((n) => n.includes(cached.split("/").at(-1)!), () => false);
+    try {
+      await pushFixture(reg, "library/stream", "latest", fx);
+      const t0 = performance.now();
+      const m = await fetch(`${server.url}/v2/library/stream/manifests/latest`, {
+        headers: { accept: fx.mediaType },
+      });
+      assert.equal(m.status, 200);
+      assert.deepEqual(new Uint8Array(await m.arrayBuffer()), fx.manifest);
+      assert.equal(await inCache(), false, "the manifest came before its large blob was in");
+      const head = await fetch(`${server.url}/v2/library/stream/blobs/${big.digest}`, {
+        method: "HEAD",
+      });
+      assert.equal(head.status, 200);
+      assert.equal(head.headers.get("content-length"), String(big.size));
+      const first = await fetch(`${server.url}/v2/library/stream/blobs/${big.digest}`, {
+        headers: { range: "bytes=0-1048575" },
+      });
+      assert.equal(first.status, 206);
+      assert.equal(sha(new Uint8Array(await first.arrayBuffer())), sha(big.data!.subarray(0, MiB)));
+      assert.equal(await inCache(), false, "the first MiB came while the blob still landed");
+      const firstMs = performance.now() - t0;
 
-    const dest = join(dir, "client");
-    const r = await runCli([
-      "pull",
-      "--insecure",
-      "--quiet",
-      "--models",
-      dest,
-      `${server.host}/library/stream:latest`,
-    ], { timeoutMs: 120_000 });
-    assert.equal(r.code, 0, r.stderr + server.child.output().stderr);
-    for (const b of fx.blobs) {
-      assert.equal(
-        `sha256:${await sha256File(join(dest, "blobs", b.digest.replace(":", "-")))}`,
-        b.digest,
+      const dest = join(dir, "client");
+      const r = await runCli([
+        "pull",
+        "--insecure",
+        "--quiet",
+        "--models",
+        dest,
+        `${server.host}/library/stream:latest`,
+      ], { timeoutMs: 120_000 });
+      assert.equal(r.code, 0, r.stderr + server.child.output().stderr);
+      for (const b of fx.blobs) {
+        assert.equal(
+          `sha256:${await sha256File(join(dest, "blobs", b.digest.replace(":", "-")))}`,
+          b.digest,
+        );
+      }
+      const sent = proxy.bytesOut(/\/blobs\//);
+      const model = fx.blobs.reduce((a, b) => a + b.size, 0);
+      console.log(
+        `streamed (${runtime}): manifest + HEAD + first MiB in ${firstMs.toFixed(0)} ms, ` +
+          `haul pull done at ${(performance.now() - t0).toFixed(0)} ms; upstream sent ${sent} ` +
+          `blob bytes for a ${model}-byte model`,
       );
+      assert.equal(sent, model, "the upstream sent each blob once");
+    } finally {
+      await server.stop();
+      await proxy.stop();
+      await reg.stop();
+      await rm(dir, { recursive: true, force: true });
     }
-    const sent = proxy.bytesOut(/\/blobs\//);
-    const model = fx.blobs.reduce((a, b) => a + b.size, 0);
-    console.log(`streamed: upstream sent ${sent} blob bytes for a ${model}-byte model`);
-    assert.equal(sent, model, "the upstream sent each blob once");
-  } finally {
-    await server.stop();
-    await proxy.stop();
-    await reg.stop();
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+  });
+}
 
 Deno.test("upstream streaming: a large blob corrupt upstream: clients get an error or a cut body, no blob file", async () => {
   const dir = await tmpDir("haul-upstream-stream");
