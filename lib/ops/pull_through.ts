@@ -279,7 +279,28 @@ export class PullThrough {
   }
 
   /** Makes the store hold blob `digest` of `repo`. */
-  async ensureBlob(repo: PullThroughRepository, digest: string): Promise<void> {
+  /**
+   * Size of blob `digest` of `repo` upstream (HEAD). @throws {NotFoundError} when it lacks it.
+   */
+  async blobSize(repo: PullThroughRepository, digest: string): Promise<number> {
+    const up = this.#upstream(repo.host);
+    const { upstreams: _, tagTtlMs: __, modelsDir: ___, ...rest } = this.#options;
+    const session = createSession(up.base, [`repository:${repo.repository}:pull`], rest);
+    const { size } = await session.client.resolveBlob(repo.repository, digest, {
+      signal: rest.signal,
+    });
+    if (size === undefined || !Number.isSafeInteger(size)) {
+      throw new Error(`${up.host} did not say the size of blob ${digest}`);
+    }
+    return size;
+  }
+
+  /** Makes the store hold blob `digest` of `repo`; `hooks` follow its bytes as they land. */
+  async ensureBlob(
+    repo: PullThroughRepository,
+    digest: string,
+    hooks?: WrittenHooks,
+  ): Promise<void> {
     const up = this.#upstream(repo.host);
     const repoKey = `${repo.host}/${repo.repository}`;
     const pulls = [...this.#pulls.values()].filter((f) => f.repoKey === repoKey);
@@ -289,7 +310,7 @@ export class PullThrough {
     }
     let flight = this.#blobs.get(digest);
     if (!flight) {
-      flight = this.#fetchBlob(up, repo.repository, digest).finally(() =>
+      flight = this.#fetchBlob(up, repo.repository, digest, hooks).finally(() =>
         this.#blobs.delete(digest)
       );
       this.#blobs.set(digest, flight);
@@ -302,7 +323,12 @@ export class PullThrough {
   }
 
   /** HEAD for the size, then the download engine (verified before the blob gets its name). */
-  async #fetchBlob(up: UpstreamRegistry, repository: string, digest: string): Promise<void> {
+  async #fetchBlob(
+    up: UpstreamRegistry,
+    repository: string,
+    digest: string,
+    hooks?: WrittenHooks,
+  ): Promise<void> {
     const { upstreams: _, tagTtlMs: __, modelsDir: ___, ...rest } = this.#options;
     const session = createSession(up.base, [`repository:${repository}:pull`], rest);
     const { size } = await session.client.resolveBlob(repository, digest, {
@@ -320,6 +346,8 @@ export class PullThrough {
       session,
       destDir: this.#store.blobsDir,
       partialDir: this.#store.partialDir,
+      onWritten: hooks?.onWritten,
+      onDiscarded: hooks?.onDiscarded,
     });
   }
 }

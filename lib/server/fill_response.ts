@@ -15,12 +15,21 @@ export interface FillResponseOptions {
    * @default 5000
    */
   headerWaitMs?: number;
+  /**
+   * Blobs up to this size land in one piece (the engine reports no ranges of them): a client
+   * waits for the whole blob, up to {@link SMALL_BLOB_WAIT_MS}, and gets it or an error answer.
+   * @default 16 MiB (the engine's `singleStreamMax`)
+   */
+  smallBlobMax?: number;
   /** Aborting cuts the response (server shutdown). */
   signal?: AbortSignal;
 }
 
 /** Default {@link FillResponseOptions.headerWaitMs}. */
 export const DEFAULT_HEADER_WAIT_MS = 5000;
+
+/** Longest wait for a small blob (see {@link FillResponseOptions.smallBlobMax}). */
+export const SMALL_BLOB_WAIT_MS = 30_000;
 
 /**
  * Answers `req` for `range` (undefined: the whole blob; the caller has parsed it and answered
@@ -35,7 +44,9 @@ export async function fillResponse(
 ): Promise<Response | undefined> {
   const [start, end] = range ? [range.start, range.end] : [0, fill.size];
   if (req.method !== "HEAD") {
-    const deadline = Date.now() + (options.headerWaitMs ?? DEFAULT_HEADER_WAIT_MS);
+    const wait = options.headerWaitMs ?? DEFAULT_HEADER_WAIT_MS;
+    const small = fill.size <= (options.smallBlobMax ?? 16 << 20);
+    const deadline = Date.now() + (small ? Math.max(wait, SMALL_BLOB_WAIT_MS) : wait);
     while (
       fill.state === "filling" && fill.availableFrom(start) === start && Date.now() < deadline &&
       !options.signal?.aborted

@@ -219,6 +219,14 @@ async function route(req: Request, ctx: Ctx): Promise<Response> {
       fills: ctx.fills,
     }, ctx.warn)
     : { candidates: parsed.candidates };
+  if ("fill" in filled && filled.fill && kind === "chunksums") {
+    // Started for the blob GET that follows; its chunksums once it is in the store.
+    return ociError(req, 404, "BLOB_UNKNOWN", `Blob ${reference} is still landing`);
+  }
+  if ("fill" in filled && filled.fill) {
+    const res = await landingBlob(req, filled.fill, ctx);
+    if (res) return res; // else it is in the store now
+  }
   if (kind === "manifests" && "manifest" in filled && filled.manifest) {
     return manifestResponse(req, {
       ...filled.manifest,

@@ -14,7 +14,7 @@
  */
 import { NotFoundError } from "../errors.ts";
 import type { ParsedName } from "../store/catalog.ts";
-import type { BlobFills, PullWatch } from "./blob_fill.ts";
+import type { BlobFill, BlobFills, PullWatch } from "./blob_fill.ts";
 
 /** A repository on an upstream, and where it lives in the store (`manifests/<host>/<repository>`). */
 export interface UpstreamRepository {
@@ -46,7 +46,16 @@ export interface Upstream {
     watch?: PullWatch,
   ): Promise<UpstreamManifest | void>;
   /** Makes the store hold blob `digest` of `repo` (called when the store lacks it). */
-  ensureBlob(repo: UpstreamRepository, digest: string): Promise<void>;
+  ensureBlob(
+    repo: UpstreamRepository,
+    digest: string,
+    hooks?: Pick<PullWatch, "onWritten" | "onDiscarded">,
+  ): Promise<void>;
+  /**
+   * The size of blob `digest` upstream; with it a blob asked for on its own is served while it
+   * lands (`ensureBlob` then gets the fill's hooks). @throws {NotFoundError} when it lacks it.
+   */
+  blobSize?(repo: UpstreamRepository, digest: string): Promise<number>;
   /**
    * The upstream's tags of `repo` (tags/list answers them merged with the store's).
    * @throws {NotFoundError} when the upstream has no such repository.
@@ -90,6 +99,8 @@ export interface UpstreamFill {
   candidates: Candidate[];
   /** The answer when the store lacks the thing after all (the upstream failed). */
   failure?: UpstreamFailure;
+  /** A blob asked for on its own, landing now (with `fills` and `blobSize`). */
+  fill?: BlobFill;
   /** A manifest to serve as it is, its blobs still landing (see {@link Upstream.ensureManifest}). */
   manifest?: UpstreamManifest;
 }
@@ -127,6 +138,16 @@ export async function fillFromUpstream(
     if (req.kind === "manifests") {
       const manifest = await upstream.ensureManifest(repo, req.reference, req.fills?.pullWatch());
       return manifest ? { candidates, manifest } : { candidates };
+    }
+    if (req.fills && upstream.blobSize) {
+      const size = await upstream.blobSize(repo, req.reference);
+      const fills = req.fills;
+      const fill = fills.run(
+        req.reference,
+        size,
+        () => upstream.ensureBlob(repo, req.reference, fills.hooks),
+      );
+      return { candidates, fill };
     }
     await upstream.ensureBlob(repo, req.reference);
     return { candidates };

@@ -140,3 +140,39 @@ Deno.test("upstream streaming: a large blob corrupt upstream: clients get an err
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+Deno.test("upstream streaming: a blob asked for on its own lands once for 4 clients, its first MiB served while it lands", async () => {
+  const dir = await tmpDir("haul-upstream-stream");
+  const reg = await startRegistry();
+  const proxy = await startFaultProxy(reg.url, {
+    rule: always(blobGet, { rateBytesPerSec: 4 * MiB }),
+  });
+  const store = join(dir, "cache");
+  await mkdir(store);
+  const server = await startServe(store, { extra: ["--upstream", proxy.url] });
+  const fx = makeOllamaModel({ layerSizes: [40 * MiB + 7], seed: 213 });
+  const big = fx.blobs[1];
+  const url = `${server.url}/v2/library/lone/blobs/${big.digest}`;
+  try {
+    await pushFixture(reg, "library/lone", "latest", fx);
+    const first = await fetch(url, { headers: { range: "bytes=0-1048575" } });
+    assert.equal(first.status, 206);
+    assert.equal(sha(new Uint8Array(await first.arrayBuffer())), sha(big.data!.subarray(0, MiB)));
+    const names = await readdir(join(store, "blobs")).catch(() => [] as string[]);
+    assert.ok(!names.includes(big.digest.replace(":", "-")), "answered while it landed");
+    const wholes = await Promise.all(Array.from({ length: 4 }, async () => {
+      const res = await fetch(url);
+      return [res.status, sha(new Uint8Array(await res.arrayBuffer()))];
+    }));
+    assert.deepEqual(wholes, Array.from({ length: 4 }, () => [200, big.digest]));
+    assert.equal(proxy.bytesOut(/\/blobs\//), big.size, "the upstream sent the blob once");
+    const missing = await fetch(`${server.url}/v2/library/lone/blobs/sha256:${"0".repeat(64)}`);
+    assert.equal(missing.status, 404);
+    assert.equal((await missing.json()).errors[0].code, "BLOB_UNKNOWN");
+  } finally {
+    await server.stop();
+    await proxy.stop();
+    await reg.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
