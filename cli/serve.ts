@@ -239,7 +239,8 @@ export function serveLog(
       if (!verbose) return;
       const r = accessLogRecord(e);
       say(
-        `${r.client} ${r.method} ${r.path} ${r.status} ${r.bytes} bytes ${r.durationMs} ms` +
+        `${r.client}${r.user === undefined ? "" : ` (${r.user})`} ${r.method} ${r.path} ` +
+          `${r.status} ${r.bytes} bytes ${r.durationMs} ms` +
           (r.complete ? "" : " (cut short)"),
       );
     },

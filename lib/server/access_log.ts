@@ -25,6 +25,8 @@ export interface AccessLogRecord {
   durationMs: number;
   /** False when the connection closed before the whole body was sent. */
   complete: boolean;
+  /** The authenticated user (`--htpasswd`); absent without auth or credentials. */
+  user?: string;
 }
 
 const ENDPOINT = /^\/v2\/(.+)\/(manifests|blobs|chunksums)\/([^/?]+)$/;
@@ -53,6 +55,7 @@ export function accessLogRecord(entry: ResponseEntry, now = new Date()): AccessL
     bytes: entry.bytes,
     durationMs: Math.round(entry.durationMs * 10) / 10,
     complete: entry.complete,
+    ...(entry.user !== undefined ? { user: entry.user } : {}),
   };
   return record;
 }

@@ -13,6 +13,7 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { UsageError } from "../errors.ts";
+import { setRequestUser } from "./node_respond.ts";
 
 /** The bcrypt library, loaded on the first check (only `--htpasswd` needs it). */
 type Bcrypt = { compare(password: string, hash: string): Promise<boolean> };
@@ -141,7 +142,7 @@ function safeEqual(a: string, b: string): boolean {
   return x.byteLength === y.byteLength && timingSafeEqual(x, y);
 }
 
-/** Wraps a handler: only requests with valid credentials reach it. */
+/** Wraps a handler: only requests with valid credentials reach it; the log names the user. */
 export function withBasicAuth(
   handler: (req: Request) => Promise<Response>,
   auth: BasicAuth,
@@ -149,6 +150,7 @@ export function withBasicAuth(
   return async (req) => {
     const user = await auth.verify(req.headers.get("authorization"));
     if (user === undefined) return auth.challenge(req);
+    setRequestUser(req, user);
     return await handler(req);
   };
 }

@@ -27,6 +27,15 @@ export interface ResponseEntry {
   client: string;
   /** False when the connection closed before the whole body was sent. */
   complete: boolean;
+  /** The user the request authenticated as (`--htpasswd`), if any. */
+  user?: string;
+}
+
+const USERS = new WeakMap<Request, string>();
+
+/** Records who `req` authenticated as, for its access-log entry (an auth wrapper calls it). */
+export function setRequestUser(req: Request, user: string): void {
+  USERS.set(req, user);
 }
 
 /** What {@link respond} needs beside the request. */
@@ -86,6 +95,7 @@ export async function respond(
     durationMs: performance.now() - t0,
     client: clientAddress(req.socket.remoteAddress),
     complete: sent.complete,
+    ...(request && USERS.has(request) ? { user: USERS.get(request) } : {}),
   });
   // A request body nobody read (the store is read-only) is not drained: the connection ends.
   if (!req.complete) req.socket.destroy();

@@ -8,7 +8,16 @@ import { execFile } from "node:child_process";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";
 import { promisify } from "node:util";
-import { makeOllamaModel, makeTlsCert, runCli, sha256File, tmpDir } from "../support/harness.ts";
+import process from "node:process";
+import {
+  type CliChild,
+  makeOllamaModel,
+  makeTlsCert,
+  runCli,
+  sha256File,
+  spawnCli,
+  tmpDir,
+} from "../support/harness.ts";
 import { startServe, storeFixture } from "./serve_fixtures.ts";
 
 const exec = promisify(execFile);
@@ -39,7 +48,16 @@ async function curl(url: string, ca: string, creds?: string) {
 Deno.test("serve --htpasswd over TLS: 401 without or with wrong credentials; haul pull --ca-file with config.json credentials verifies", async () => {
   const { dir, store, fx, htpasswd, tls } = await setup();
   const serve = await startServe(store, {
-    extra: ["--htpasswd", htpasswd, "--tls-cert", tls.certFile, "--tls-key", tls.keyFile],
+    extra: [
+      "--htpasswd",
+      htpasswd,
+      "--tls-cert",
+      tls.certFile,
+      "--tls-key",
+      tls.keyFile,
+      "--log-format",
+      "json",
+    ],
   });
   try {
     const base = `https://127.0.0.1:${serve.port}`;
@@ -105,12 +123,33 @@ Deno.test("serve --htpasswd over TLS: 401 without or with wrong credentials; hau
       exec("skopeo", ["inspect", "--raw", "--cert-dir", path.join(dir, "certs"), src]),
       /401|unauthorized|authentication required/i,
     );
+
+    // The access log names the user of each authenticated request, no one for a 401.
+    const records = serve.child.output().stderr.split("\n").filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l)).filter((r) => r.msg === "request");
+    const blobGets = records.filter((r) => r.status === 200 && r.path.includes("/blobs/"));
+    assert.ok(blobGets.length >= 2, "blob GETs logged");
+    assert.ok(blobGets.every((r) => r.user === "alice" || r.user === "bob"), "users logged");
+    const denials = records.filter((r) => r.status === 401);
+    assert.ok(denials.length >= 9 && denials.every((r) => r.user === undefined), "401s: no user");
   } finally {
     await serve.stop();
     await fx.cleanup?.();
     await fsp.rm(dir, { recursive: true, force: true });
   }
 });
+
+/** Waits (up to 20 s) for a line of the child's stderr to match `re`. */
+async function waitFor(child: CliChild, re: RegExp): Promise<RegExpExecArray> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    const m = re.exec(child.output().stderr);
+    if (m) return m;
+    if (child.exitCode !== null) break;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`no ${re} in haul serve's output:\n${child.output().stderr}`);
+}
 
 /** A containers-style certs dir holding the CA (skopeo --cert-dir reads *.crt as CAs). */
 async function certDir(dir: string, ca: string): Promise<string> {
@@ -140,21 +179,42 @@ Deno.test("serve --htpasswd refuses a non-loopback address without TLS, and non-
     assert.equal(weak.code, 2, weak.stderr);
     assert.match(weak.stderr, /line 1: user "carol" has no bcrypt hash/);
 
-    // --allow-insecure-auth: it starts, warns, and still asks for credentials.
-    const serve = await startServe(store, {
-      extra: ["--htpasswd", htpasswd, "--allow-insecure-auth"],
-    });
+    // --allow-insecure-auth off loopback: it starts, warns, and still asks for credentials.
+    const child = spawnCli([
+      "serve",
+      "--addr",
+      "0.0.0.0:0",
+      "--models",
+      store,
+      "--htpasswd",
+      htpasswd,
+      "--allow-insecure-auth",
+    ], { timeoutMs: 120_000 });
     try {
-      const res = await fetch(`${serve.url}/v2/`);
-      await res.body?.cancel();
-      assert.equal(res.status, 401);
-      const ok = await fetch(`${serve.url}/v2/`, {
-        headers: { authorization: `Basic ${btoa("alice:s3cret")}` },
-      });
-      await ok.body?.cancel();
-      assert.equal(ok.status, 200);
+      const port = Number((await waitFor(child, /on http:\/\/0\.0\.0\.0:(\d+)\/v2\//))[1]);
+      assert.match(child.output().stderr, /with --htpasswd but without TLS.*in clear/);
+      const url = `http://127.0.0.1:${port}/v2/`;
+      const get = async (creds?: string) => {
+        const headers: Record<string, string> = creds
+          ? { authorization: `Basic ${btoa(creds)}` }
+          : {};
+        const res = await fetch(url, { headers });
+        await res.body?.cancel();
+        return res.status;
+      };
+      assert.equal(await get(), 401);
+      assert.equal(await get("alice:s3cret"), 200);
+
+      // SIGHUP rereads the users: alice's old password (verified and cached) stops working.
+      await exec("htpasswd", ["-B", "-b", htpasswd, "alice", "changed"]);
+      process.kill(child.pid!, "SIGHUP");
+      await waitFor(child, /SIGHUP: 2 user\(s\) from/);
+      assert.equal(await get("alice:s3cret"), 401, "old password after SIGHUP");
+      assert.equal(await get("alice:changed"), 200, "new password after SIGHUP");
+      assert.equal(await get("bob:hunter2"), 200);
     } finally {
-      await serve.stop();
+      process.kill(child.pid!, "SIGTERM");
+      await child.result;
     }
   } finally {
     await fx.cleanup?.();
