@@ -9,12 +9,23 @@ import { acquireBlockWriter } from "../../lib/disk/block_writer.ts";
 const file = Deno.args[0];
 fs.writeFileSync(file, new Uint8Array(0));
 fs.truncateSync(file, 8 << 20);
-const w = acquireBlockWriter();
-// A first write waits for the worker to be up, so the next one goes through it.
-await w.write(file, 0, new Uint8Array(4096), 4096);
-const buf = new Uint8Array(8 << 20).fill(7);
-const inFlight = w.write(file, 0, buf, buf.byteLength);
-w.release();
-const back = await inFlight;
-w.close(file);
-console.log(`written ${back.byteLength} via ${buf.byteLength === 0 ? "worker" : "inline"}`);
+const w = acquireBlockWriter({ asyncIo: Deno.args[1] === "--concurrent" });
+if (Deno.args[1] === "--concurrent") {
+  // Eight 1 MiB blocks at once, in reverse order, each filled with its number.
+  const bufs = Array.from({ length: 8 }, (_, i) => new Uint8Array(1 << 20).fill(i + 1));
+  const back = await Promise.all(bufs.map((b, i) => w.write(file, (7 - i) << 20, b, b.byteLength)));
+  w.close(file);
+  w.release();
+  // Lent back: each buffer is the caller's again, with what it held.
+  const ok = back.every((b, i) => b.byteLength === 1 << 20 && b[0] === i + 1);
+  console.log(`concurrent: ${back.length} blocks of ${ok ? 1 << 20 : 0} lent back`);
+} else {
+  // A first write waits for the worker to be up, so the next one goes through it.
+  await w.write(file, 0, new Uint8Array(4096), 4096);
+  const buf = new Uint8Array(8 << 20).fill(7);
+  const inFlight = w.write(file, 0, buf, buf.byteLength);
+  w.release();
+  const back = await inFlight;
+  w.close(file);
+  console.log(`written ${back.byteLength} via ${buf.byteLength === 0 ? "worker" : "inline"}`);
+}
