@@ -228,6 +228,40 @@ Deno.test("haul binary usage errors: one line, exit 2", async () => {
   }
 });
 
+Deno.test("haul binary serve --htpasswd: the embedded bcryptjs checks htpasswd -B users", async () => {
+  const bin = await binary();
+  const dir = await tmpDir("haul-bin-auth");
+  const file = path.join(dir, "htpasswd");
+  await sh("htpasswd", ["-B", "-b", "-c", file, "alice", "s3cret"]);
+  await fsp.mkdir(path.join(dir, "models"));
+  const child = spawnCli(
+    ["serve", "--addr", "127.0.0.1:0", "--models", path.join(dir, "models"), "--htpasswd", file],
+    { bin, timeoutMs: 60_000 },
+  );
+  try {
+    let port = 0;
+    for (let i = 0; i < 800 && !port && child.exitCode === null; i++) {
+      port = Number(/on http:\/\/127\.0\.0\.1:(\d+)\/v2\//.exec(child.output().stderr)?.[1] ?? 0);
+      if (!port) await new Promise((r) => setTimeout(r, 25));
+    }
+    assert.ok(port, `serve did not start: ${child.output().stderr}`);
+    const status = async (creds?: string) => {
+      const res = await fetch(`http://127.0.0.1:${port}/v2/`, {
+        headers: creds ? { authorization: `Basic ${btoa(creds)}` } : {},
+      });
+      await res.body?.cancel();
+      return [res.status, res.headers.get("www-authenticate")];
+    };
+    assert.deepEqual(await status(), [401, 'Basic realm="haul"']);
+    assert.deepEqual(await status("alice:wrong"), [401, 'Basic realm="haul"']);
+    assert.deepEqual(await status("alice:s3cret"), [200, null]);
+  } finally {
+    if (child.exitCode === null) process.kill(child.pid!, "SIGTERM");
+    await child.result;
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
 // deno compile downloads denort from dl.deno.land; with no network it needs a local one.
 const denort = process.env.DENORT_BIN;
 const denoCompileSkip = denort && fs.existsSync(denort) ? undefined : process.env

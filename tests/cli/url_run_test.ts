@@ -4,10 +4,12 @@
  * repository is served by a small static server on loopback; the CLI runs in a temp dir.
  */
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import * as fsp from "node:fs/promises";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import * as path from "node:path";
+import process from "node:process";
 import {
   type Fixture,
   makeOllamaModel,
@@ -15,6 +17,7 @@ import {
   REPO_ROOT,
   runCli,
   sha256File,
+  spawnCli,
   startRegistry,
   tmpDir,
 } from "../support/harness.ts";
@@ -108,6 +111,52 @@ Deno.test("deno run http://…/main.ts pulls from another directory, loading eve
     await reg.stop();
     await src.stop();
     await model.cleanup?.();
+    await fsp.rm(cwd, { recursive: true, force: true });
+  }
+});
+
+Deno.test("deno run http://…/main.ts serve --htpasswd: npm:bcryptjs resolves from a remote module", async () => {
+  const cwd = await tmpDir("haul-url-auth");
+  const src = await serveSources();
+  const env = { DENO_DIR: path.join(cwd, ".deno"), DENO_NO_UPDATE_CHECK: "1" };
+  await new Promise<void>((resolve, reject) =>
+    execFile(
+      "htpasswd",
+      ["-B", "-b", "-c", path.join(cwd, "pw"), "alice", "s3cret"],
+      (err) => err ? reject(err) : resolve(),
+    )
+  );
+  await fsp.mkdir(path.join(cwd, "models"));
+  const args = ["serve", "--addr", "127.0.0.1:0", "--models", "models", "--htpasswd", "pw"];
+  const child = spawnCli(["run", "-A", `${src.url}/main.ts`, ...args], {
+    bin: Deno.execPath(),
+    cwd,
+    env,
+    timeoutMs: 120_000,
+  });
+  try {
+    let port = 0;
+    for (let i = 0; i < 2400 && !port && child.exitCode === null; i++) {
+      port = Number(/on http:\/\/127\.0\.0\.1:(\d+)\/v2\//.exec(child.output().stderr)?.[1] ?? 0);
+      if (!port) await new Promise((r) => setTimeout(r, 25));
+    }
+    assert.ok(port, `serve did not start: ${child.output().stderr}`);
+    const status = async (creds?: string) => {
+      const res = await fetch(`http://127.0.0.1:${port}/v2/`, {
+        headers: creds ? { authorization: `Basic ${btoa(creds)}` } : {},
+      });
+      await res.body?.cancel();
+      return res.status;
+    };
+    assert.equal(await status(), 401);
+    assert.equal(await status("alice:wrong"), 401);
+    assert.equal(await status("alice:s3cret"), 200);
+    assert.deepEqual(src.requests.filter((q) => q.status !== 200), [], "every import resolved");
+    assert.ok(src.requests.some((q) => q.path === "/lib/server/basic_auth.ts"));
+  } finally {
+    if (child.exitCode === null) process.kill(child.pid!, "SIGTERM");
+    await child.result;
+    await src.stop();
     await fsp.rm(cwd, { recursive: true, force: true });
   }
 });
