@@ -74,7 +74,7 @@ not run this time are kept from the previous results file.
   --quick           small blobs, 1 round: a smoke run in under two minutes;
                     writes bench/RESULTS-quick.md, ratios-quick.svg, results-quick.json
   --runs N          rounds per scenario (default 5; quick 1)
-  --scenario LIST   subset of P1,P2,P3,P4,P5,P6,P8,P9
+  --scenario LIST   subset of P1,P2,P3,P4,P5,P6,P7,P8,P9
   --no-bin          skip dist/haul even when it exists
   --settle SECS     wait after dropping the cache and warming the source (default
                     5; quick 1): see "Page cache and guest memory" in RESULTS.md
@@ -117,7 +117,7 @@ if (!Number.isInteger(ROUNDS) || ROUNDS < 1) {
   console.error(`--runs must be a positive integer, got ${opt.runs}`);
   Deno.exit(2);
 }
-const ALL = ["P1", "P2", "P3", "P4", "P5", "P6", "P8", "P9"];
+const ALL = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9"];
 const SELECTED = opt.scenario ? opt.scenario.split(",").map((s) => s.trim().toUpperCase()) : ALL;
 for (const s of SELECTED) {
   if (!ALL.includes(s)) {
@@ -1149,6 +1149,90 @@ async function p9(): Promise<ScenarioBody> {
   }
 }
 
+/**
+ * P7: CPU per verified GiB. haul pulls a 1 GiB blob into the store (SHA-256 verified as
+ * it streams); the reference produces the same verified file with `curl -o file` then
+ * `openssl dgst -sha256 file` (one process after the other, their CPU summed by wait4).
+ * User and system CPU are judged apart: system CPU swings with the page cache on this VM.
+ */
+async function p7(): Promise<ScenarioBody> {
+  const size = SIZES.p2;
+  const f = await fixture(`p2-${size}`, [size], 22);
+  const reg = await mainRegistry();
+  const layer = f.layers[0];
+  const url = `${reg.url}/v2/${f.repo}/blobs/${layer.digest}`;
+  const ref = `${reg.host}/${f.repo}:${f.tag}`;
+  const counter = () => registryLogCounter(reg);
+  const blob = () => path.join(outDir(), "blob");
+  const tools: Tool[] = [
+    ...haulKinds().map((k) => ({ ...haulPullTool(k, ref, f), bytes: counter })),
+    {
+      id: "curl-openssl",
+      label: "curl -o file, then openssl dgst -sha256",
+      cmd: () => [
+        "sh",
+        "-c",
+        'curl -sS -f -o "$1" "$2" && openssl dgst -sha256 "$1" > "$1.sha256"',
+        "sh",
+        blob(),
+        url,
+      ],
+      warm: () => [layer.file],
+      bytes: counter,
+      check: async () => {
+        const e = await sizeIs(blob(), size);
+        if (e) return e;
+        const line = await fsp.readFile(`${blob()}.sha256`, "utf8");
+        return line.trim().endsWith(layer.digest.slice(7)) ? undefined : `openssl: ${line.trim()}`;
+      },
+    },
+  ];
+  const records = await runRounds("P7", tools, ROUNDS);
+  const gib = size / GiB;
+  const userOf = (t: string) => medianOf(records, t, (r) => r.user) / gib;
+  const sysOf = (t: string) => medianOf(records, t, (r) => r.sys) / gib;
+  const perGiB = (x: number) => `${fmtS(x)} s/GiB`;
+  const checks: Check[] = [];
+  for (const k of haulKinds()) {
+    const id = kindId(k);
+    checks.push(
+      ratioCheck(
+        `user CPU: ${kindName(k)} / curl+openssl`,
+        `${kindName(k)} user CPU ≤ 1.3× (curl -o + openssl dgst)`,
+        userOf(id),
+        userOf("curl-openssl"),
+        1.3,
+        perGiB,
+      ),
+      ratioCheck(
+        `system CPU: ${kindName(k)} / curl+openssl`,
+        `${kindName(k)} system CPU ≤ 1.1× (curl -o + openssl dgst)`,
+        sysOf(id),
+        sysOf("curl-openssl"),
+        1.1,
+        perGiB,
+      ),
+    );
+  }
+  const cpuLine = tools.map((t) =>
+    `${t.label}: user ${perGiB(userOf(t.id))}, system ${perGiB(sysOf(t.id))}`
+  ).join("; ");
+  return {
+    title: `CPU per verified GiB: one ${fmtBytes(size)} blob, unthrottled loopback`,
+    about: [
+      `Fixture: the P2 image (one ${size}-byte layer) on docker-registry ${reg.host}, no throttle.`,
+      "haul: default settings, verified into the store. Reference: `curl -sS -f -o FILE URL && openssl dgst -sha256 FILE` in one `sh -c` (its user and system CPU are the two tools' summed by wait4).",
+      `Medians per GiB: ${cpuLine}.`,
+      'The CPU column below is user + system; the targets judge user and system apart (system CPU swings with this VM\'s page cache, see "Page cache and guest memory").',
+    ],
+    tools,
+    records,
+    checks,
+    notes: [],
+    rounds: ROUNDS,
+  };
+}
+
 /** Runs the haul CLI (deno run main.ts) once, to completion; its exit code. */
 async function runHaulOnce(args: string[]): Promise<number> {
   const child = spawn(DENO, ["run", "-A", MAIN, ...args], { stdio: "inherit" });
@@ -1524,6 +1608,7 @@ const SCENARIOS: Record<string, () => Promise<ScenarioBody>> = {
   P4: p4,
   P5: p5,
   P6: p6,
+  P7: p7,
   P8: p8,
   P9: p9,
 };
@@ -1550,7 +1635,12 @@ async function render(r: Results): Promise<void> {
   const analysis = QUICK
     ? undefined
     : await fsp.readFile(path.join(BENCH_DIR, "ANALYSIS.md"), "utf8").catch(() => undefined);
-  await fsp.writeFile(RESULTS_MD, renderMarkdown(r, analysis));
+  // scripts/serve_load.ts (deno task bench:serve) keeps its own section at the end.
+  const serveLoad = QUICK
+    ? undefined
+    : await fsp.readFile(path.join(BENCH_DIR, "SERVE_LOAD.md"), "utf8").catch(() => undefined);
+  const md = renderMarkdown(r, analysis);
+  await fsp.writeFile(RESULTS_MD, serveLoad ? `${md.trimEnd()}\n\n${serveLoad}` : md);
   await fsp.writeFile(CHART, renderChart(r));
 }
 
