@@ -53,7 +53,8 @@ with haul pull's downloader and the credentials haul pull would use for that
 host), once however many clients ask at the same time, then served from disk.
 A name whose first component is an upstream's host (127.0.0.1_5000/ns/m) goes
 to that upstream; containerd's mirror query ?ns=HOST picks the upstream with
-that host; any other name goes to the first --upstream. The store keeps what it
+that host (ns=docker.io: the one at registry-1.docker.io); any other name goes
+to the first --upstream. The store keeps what it
 fetched under the upstream's host (manifests/HOST/ns/m/TAG). A tag is asked
 upstream again once it is older than --tag-ttl (300ms, 30s, 5m, 1h; default
 5m); digests and blobs never are. Upstream unreachable: what the store holds is

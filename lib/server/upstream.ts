@@ -8,7 +8,9 @@
  *
  * Name → upstream: a name whose first component is the host of an upstream
  * (`127.0.0.1_5000/ns/m`, read as in lib/store/catalog.ts) goes to that upstream; else
- * containerd's mirror query `?ns=HOST` picks the upstream with host HOST; else the first one.
+ * containerd's mirror query `?ns=HOST` picks the upstream with host HOST (`ns=docker.io`, as
+ * containerd sends for Docker Hub images, picks an upstream at registry-1.docker.io or
+ * index.docker.io); else the first one.
  * The store location is `manifests/<upstream host>/<repository>/<tag>`, as `haul pull` of
  * `<upstream host>/<repository>:<tag>` writes it.
  */
@@ -82,8 +84,17 @@ export function locateUpstream(
   if (own) return { host: own.host.toLowerCase(), repository: own.repository.join("/") };
   // The last candidate is always the default-host reading: the whole name as the repository.
   const plain = candidates[candidates.length - 1].repository.join("/");
-  const byNs = ns === null ? undefined : hosts.find((h) => h === ns.toLowerCase());
+  const byNs = ns === null ? undefined : hosts.find((h) => sameRegistry(h, ns));
   return { host: byNs ?? hosts[0], repository: plain };
+}
+
+/** Docker Hub's names: images are named `docker.io/...`, its registry API is registry-1.docker.io. */
+const DOCKER_HUB = new Set(["docker.io", "registry-1.docker.io", "index.docker.io"]);
+
+/** Whether `ns` (containerd's `?ns=`, the image's registry name) names upstream `host`. */
+function sameRegistry(host: string, ns: string): boolean {
+  const n = ns.toLowerCase();
+  return host === n || (DOCKER_HUB.has(host) && DOCKER_HUB.has(n));
 }
 
 /** An error answer: status, OCI code, message. */

@@ -244,4 +244,15 @@ Deno.test("upstream: a name goes to the upstream of its host, of ?ns=, else the 
     repository: "library/alpine",
   });
   assert.deepEqual(at("ghcr.io/org/m"), { host: "127.0.0.1:5000", repository: "ghcr.io/org/m" });
+  // containerd names Docker Hub docker.io; its registry API is registry-1.docker.io.
+  const hub = ["127.0.0.1:5000", "registry-1.docker.io"];
+  const parsed = parseRepositoryName("library/alpine");
+  assert.ok(parsed.ok);
+  for (const ns of ["docker.io", "registry-1.docker.io", "index.docker.io", "Docker.IO"]) {
+    assert.deepEqual(locateUpstream(parsed.candidates, ns, hub), {
+      host: "registry-1.docker.io",
+      repository: "library/alpine",
+    }, ns);
+  }
+  assert.equal(locateUpstream(parsed.candidates, "quay.io", hub).host, "127.0.0.1:5000");
 });
