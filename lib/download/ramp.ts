@@ -1,18 +1,18 @@
 /**
- * How many Range parts run at once: a start below the `concurrency` limit,
- * raised to the limit only when more connections bring more throughput.
+ * How many Range parts run at once: a start below the `concurrency` limit, raised step by step
+ * while each step brings more throughput, and kept at the last step that did.
  *
- * Why: on an unthrottled link (loopback, a LAN registry) the benchmark sweep
- * found no speed past 8 parts but ~3 MB of peak RSS per part in Deno and ~4.4 MB
- * in Bun, so 24 parts cost 40-70 MB for nothing; behind a per-connection cap (a
- * CDN, nginx `limit_rate`) throughput grows with every connection, and 24 is
- * what beats aria2c's 16. So transfers start at half the limit; once those are
- * all busy with parts waiting, one whole interval (150 ms, or twice the time to
- * the first byte if longer) gives the rate, a third more parts are added, and if
- * the next interval is at least 25% faster (a third more connections under a
- * per-connection cap measured +45-55% on loopback; a CPU-bound pull wobbles by
- * up to ~20%, and 15% let it open in 2 of 5 runs) the limit is opened fully,
- * else it goes back to the start and stays there.
+ * Why: on an unthrottled link (loopback, a LAN registry) the benchmark sweep found no speed past
+ * 8 parts but ~3 MB of peak RSS per part in Deno and ~4.4-11 MB in Bun, so 24 parts cost
+ * 40-70 MB for nothing; behind a per-connection cap (a CDN, nginx `limit_rate`) throughput grows
+ * with every connection until the link or the CPU is the bound, and that point depends on the
+ * cap and the machine. So transfers start at a share of the limit; once every part is busy with
+ * more waiting, one whole interval (150 ms, or twice the time to the first byte if longer) gives
+ * the rate, a third more parts (at least 2; see {@link nextLevel}) are added, and if the next interval is at least 25%
+ * faster (a third more connections under a per-connection cap measured +45-55% on loopback; a
+ * CPU-bound pull wobbles by up to ~20%, and 15% let it open in 2 of 5 runs) that level is kept
+ * and the next step is tried, up to the limit; the first step that does not help goes back to
+ * the level before it, and the ramp stops there.
  */
 import type { Semaphore } from "../transport/pool.ts";
 
@@ -26,9 +26,18 @@ export interface RampOptions {
   manual?: boolean;
 }
 
+/**
+ * The level a step from `level` tries: a third more (at least 2 more), or `max` when what that
+ * would leave is less than a third of it again (a last step that small could not show a 25% gain).
+ */
+export function nextLevel(level: number, max: number): number {
+  const next = level + Math.max(2, Math.ceil(level / 3));
+  return max - next < Math.ceil(next / 3) ? max : next;
+}
+
 export class PartRamp {
   readonly gate: Semaphore;
-  #start: number;
+  #level: number;
   #max: number;
   #bytes = 0;
   #timer: ReturnType<typeof setInterval> | undefined;
@@ -41,16 +50,24 @@ export class PartRamp {
   #intervalMs: number;
   #minGain: number;
   #manual: boolean;
+  /** The levels tried, in order (the last one is where the ramp stands). */
+  readonly steps: number[];
 
   /** `gate` starts with `start` permits and may be raised to `max`. */
   constructor(gate: Semaphore, start: number, max: number, options: RampOptions = {}) {
     this.gate = gate;
-    this.#start = start;
+    this.#level = start;
     this.#max = max;
     this.#intervalMs = options.intervalMs ?? 150;
     this.#minGain = options.minGain ?? 0.25;
     this.#manual = options.manual ?? false;
     this.#done = max <= start;
+    this.steps = [start];
+  }
+
+  /** Parts allowed at once now. */
+  get level(): number {
+    return this.#level;
   }
 
   /** Bytes received by parts. */
@@ -63,7 +80,7 @@ export class PartRamp {
     }
     if (this.#timer === undefined && !this.#manual) {
       // The interval is at least twice the time to the first byte, so that parts
-      // added for the probe are flowing within it on a distant server as well.
+      // added for a probe are flowing within it on a distant server as well.
       const now = performance.now();
       const ms = Math.max(this.#intervalMs, 2 * (now - this.#created));
       this.#last = now;
@@ -81,10 +98,17 @@ export class PartRamp {
     this.#bytes = 0;
     this.#last = now;
     if (this.#probing) {
-      const helped = rate >= this.#base * (1 + this.#minGain);
-      this.gate.resize(helped ? this.#max : this.#start);
-      this.stop();
-      return;
+      this.#probing = false;
+      if (rate >= this.#base * (1 + this.#minGain)) {
+        // The step helped: keep it, and try the next from here.
+        this.#level = this.gate.size;
+        this.#base = rate;
+        if (this.#level >= this.#max) return this.stop();
+        return this.#step();
+      }
+      this.gate.resize(this.#level);
+      this.steps.push(this.#level);
+      return this.stop();
     }
     // Measure only whole intervals in which every permit was busy and more parts
     // waited: otherwise more permits could not have changed anything.
@@ -97,8 +121,14 @@ export class PartRamp {
       return;
     }
     this.#base = rate;
+    this.#step();
+  }
+
+  #step(): void {
+    const next = nextLevel(this.#level, this.#max);
     this.#probing = true;
-    this.gate.resize(Math.min(this.#max, this.#start + Math.ceil(this.#start / 3)));
+    this.steps.push(next);
+    this.gate.resize(next);
   }
 
   stop(): void {

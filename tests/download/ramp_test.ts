@@ -30,7 +30,7 @@ Deno.test("Semaphore.resize() wakes waiters when growing and takes permits back 
 
 /**
  * Keeps every permit of the ramp's gate taken with a queue waiting, and feeds it
- * `bytes(permits)` per 100 ms interval of a synthetic clock, for 6 intervals.
+ * `bytes(permits)` per 100 ms interval of a synthetic clock, for 14 intervals.
  */
 async function run(ramp: PartRamp, bytes: (permits: number) => number) {
   const stop = new AbortController();
@@ -43,7 +43,7 @@ async function run(ramp: PartRamp, bytes: (permits: number) => number) {
   assert.equal(ramp.gate.saturated, true);
   ramp.count(1); // the first byte starts the clock
   let now = performance.now();
-  for (let i = 0; i < 6; i++) {
+  for (let i = 0; i < 14; i++) {
     ramp.count(bytes(ramp.gate.size));
     ramp.tick(now += 100);
     await sleep(0);
@@ -57,6 +57,20 @@ Deno.test("PartRamp opens every part when more connections bring more bytes (a p
   const ramp = new PartRamp(new Semaphore(12), 12, 24, { manual: true });
   await run(ramp, (permits) => permits * 25e5);
   assert.equal(ramp.gate.size, 24);
+  assert.deepEqual(ramp.steps, [12, 16, 24]);
+});
+
+Deno.test("PartRamp climbs step by step and keeps the last step that helped (a per-connection cap under a link limit)", async () => {
+  // 2.5 MB per interval per connection up to 45 MB: 12 → 16 helps (+33%), 16 → 24 does not (+12%).
+  const ramp = new PartRamp(new Semaphore(12), 12, 24, { manual: true });
+  await run(ramp, (permits) => Math.min(permits * 25e5, 45e6));
+  assert.deepEqual(ramp.steps, [12, 16, 24, 16]);
+  assert.equal(ramp.gate.size, 16);
+  // Bun's start (a quarter of 24) climbs the whole way under the cap alone.
+  const bun = new PartRamp(new Semaphore(6), 6, 24, { manual: true });
+  await run(bun, (permits) => permits * 25e5);
+  assert.deepEqual(bun.steps, [6, 8, 11, 15, 24]);
+  assert.equal(bun.gate.size, 24);
 });
 
 Deno.test("PartRamp goes back to the start when more connections bring nothing (a shared bottleneck)", async () => {
@@ -64,6 +78,7 @@ Deno.test("PartRamp goes back to the start when more connections bring nothing (
   // Within the noise a CPU-bound pull shows: +20% with a third more parts.
   await run(ramp, (permits) => (permits > 12 ? 1.2 : 1) * 30e6);
   assert.equal(ramp.gate.size, 12);
+  assert.deepEqual(ramp.steps, [12, 16, 12]);
 });
 
 Deno.test("rampStart() is half the limit, at least 4, never above it", () => {
