@@ -74,7 +74,7 @@ not run this time are kept from the previous results file.
   --quick           small blobs, 1 round: a smoke run in under two minutes;
                     writes bench/RESULTS-quick.md, ratios-quick.svg, results-quick.json
   --runs N          rounds per scenario (default 5; quick 1)
-  --scenario LIST   subset of P1,P2,P3,P4,P5,P6,P7,P8,P9
+  --scenario LIST   subset of P1,P2,P2S,P3,P4,P5,P6,P7,P8,P9 (P2S: P2 at half the size)
   --no-bin          skip dist/haul even when it exists
   --settle SECS     wait after dropping the cache and warming the source (default
                     5; quick 1): see "Page cache and guest memory" in RESULTS.md
@@ -117,7 +117,9 @@ if (!Number.isInteger(ROUNDS) || ROUNDS < 1) {
   console.error(`--runs must be a positive integer, got ${opt.runs}`);
   Deno.exit(2);
 }
-const ALL = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8", "P9"];
+// Every haul run reports the Range-part levels its ramp tried (one stderr line; rampNotes).
+process.env.HAUL_TRACE ??= "ramp";
+const ALL = ["P1", "P2", "P2S", "P3", "P4", "P5", "P6", "P7", "P8", "P9"];
 const SELECTED = opt.scenario ? opt.scenario.split(",").map((s) => s.trim().toUpperCase()) : ALL;
 for (const s of SELECTED) {
   if (!ALL.includes(s)) {
@@ -495,6 +497,7 @@ async function runOnce(tool: Tool, round: number, rounds: number, sid: string): 
     others: m.others,
     steal: m.steal,
     serverCpu: m.serverCpu,
+    trace: /^haul: ramp: .*$/m.exec(m.stderr)?.[0].slice("haul: ramp: ".length),
   };
   log(
     `[${sid} ${round}/${rounds}] ${tool.label.padEnd(34)} ${fmtS(m.wall).padStart(6)} s wall  ${
@@ -755,8 +758,15 @@ async function p1(): Promise<ScenarioBody> {
   };
 }
 
-async function p2(): Promise<ScenarioBody> {
-  const size = SIZES.p2;
+/** The Range-part levels each haul run's ramp tried (HAUL_TRACE=ramp), one note per tool. */
+function rampNotes(records: RunRecord[], tools: Tool[]): string[] {
+  return tools.flatMap((t) => {
+    const seen = records.filter((r) => r.tool === t.id && r.trace).map((r) => r.trace);
+    return seen.length ? [`${t.label}, ramp per run: ${seen.join("; ")}.`] : [];
+  });
+}
+
+async function p2(size: number, sid: string): Promise<ScenarioBody> {
   const f = await fixture(`p2-${size}`, [size], 22);
   const reg = await mainRegistry();
   const ng = await startNginx(path.join(workDir, "nginx"), reg.host, RATE);
@@ -813,7 +823,7 @@ async function p2(): Promise<ScenarioBody> {
           ),
       },
     ];
-    const records = await runRounds("P2", tools, ROUNDS);
+    const records = await runRounds(sid, tools, ROUNDS);
     const checks: Check[] = [];
     for (const k of haulKinds()) {
       const h = wallOf(records, kindId(k));
@@ -845,7 +855,7 @@ async function p2(): Promise<ScenarioBody> {
       tools,
       records,
       checks,
-      notes: [],
+      notes: rampNotes(records, tools),
       rounds: ROUNDS,
     };
   } finally {
@@ -1603,7 +1613,8 @@ async function p6(): Promise<ScenarioBody> {
 
 const SCENARIOS: Record<string, () => Promise<ScenarioBody>> = {
   P1: p1,
-  P2: p2,
+  P2: () => p2(SIZES.p2, "P2"),
+  P2S: () => p2(SIZES.p2 / 2, "P2S"),
   P3: p3,
   P4: p4,
   P5: p5,

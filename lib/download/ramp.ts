@@ -14,6 +14,7 @@
  * and the next step is tried, up to the limit; the first step that does not help goes back to
  * the level before it, and the ramp stops there.
  */
+import process from "node:process";
 import type { Semaphore } from "../transport/pool.ts";
 
 /** Options for {@link PartRamp}. */
@@ -52,6 +53,8 @@ export class PartRamp {
   #manual: boolean;
   /** The levels tried, in order (the last one is where the ramp stands). */
   readonly steps: number[];
+  /** The rate (bytes/ms) measured at each level tried but the last, in order. */
+  readonly rates: number[] = [];
 
   /** `gate` starts with `start` permits and may be raised to `max`. */
   constructor(gate: Semaphore, start: number, max: number, options: RampOptions = {}) {
@@ -99,6 +102,7 @@ export class PartRamp {
     this.#last = now;
     if (this.#probing) {
       this.#probing = false;
+      this.rates.push(rate);
       if (rate >= this.#base * (1 + this.#minGain)) {
         // The step helped: keep it, and try the next from here.
         this.#level = this.gate.size;
@@ -121,6 +125,7 @@ export class PartRamp {
       return;
     }
     this.#base = rate;
+    this.rates.push(rate);
     this.#step();
   }
 
@@ -132,6 +137,12 @@ export class PartRamp {
   }
 
   stop(): void {
+    // HAUL_TRACE=ramp: one line on stderr with the levels tried and their rates (benchmarks).
+    if (!this.#done && this.steps.length > 1 && /\bramp\b/.test(process.env.HAUL_TRACE ?? "")) {
+      const mbs = this.rates.map((r) => `${(r / 1e3).toFixed(0)} MB/s`);
+      const tried = this.steps.map((n, i) => (mbs[i] ? `${n} (${mbs[i]})` : `${n}`));
+      process.stderr.write(`haul: ramp: parts ${tried.join(" → ")}\n`);
+    }
     this.#done = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;

@@ -22,6 +22,8 @@ export interface RunRecord {
   steal: number;
   /** CPU seconds of the scenario's servers (registry, nginx) during the run. */
   serverCpu?: number;
+  /** What the run traced (HAUL_TRACE), e.g. the Range-part levels its ramp tried. */
+  trace?: string;
 }
 
 export interface ToolInfo {
@@ -181,7 +183,7 @@ function scenarioMd(s: ScenarioResult): string {
   return out.join("\n");
 }
 
-const ORDER = ["P1", "P2", "P3", "P4", "P5", "P6"];
+const ORDER = ["P1", "P2", "P2S", "P3", "P4", "P5", "P6"];
 
 function ordered(r: Results): ScenarioResult[] {
   return Object.values(r.scenarios).sort((a, b) =>
