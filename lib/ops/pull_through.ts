@@ -13,6 +13,9 @@
  * Streamed (the handler passes a {@link PullThroughWatch}): the manifest is resolved first and
  * returned at once, and the pull of exactly that digest (stored under the tag) reports its
  * blobs as they land, so the handler serves them before they are in (lib/server/blob_fill.ts).
+ * An image index (or Docker manifest list) is stored and returned as soon as it is fetched,
+ * nothing else: the client picks its platform and asks for that manifest by digest, which is
+ * pulled as any image is; the platforms no client asks for are never fetched.
  */
 import { download } from "../download/download.ts";
 import { NotFoundError, UsageError } from "../errors.ts";
@@ -91,7 +94,7 @@ interface Flight {
   /** `host/repository` */
   repoKey: string;
   done: Promise<void>;
-  /** Streamed: the manifest, answered before its blobs are in (undefined for an index). */
+  /** The manifest answered before its blobs are in: an index, or an image with a watch. */
   manifest?: Promise<FetchedManifest | undefined>;
 }
 
@@ -141,9 +144,11 @@ export class PullThrough {
   }
 
   /**
-   * Makes the store hold `reference` (tag or digest) of `repo` and its blobs. With `watch`, an
-   * image manifest is returned as soon as it is resolved (its blobs then land through `watch`,
-   * settled when the pull ends); without, or for an index, it resolves when the pull is done.
+   * Makes the store hold `reference` (tag or digest) of `repo` and its blobs. An index is
+   * stored and returned as soon as it is fetched (its platforms' manifests are references of
+   * their own). With `watch`, an image manifest is returned as soon as it is resolved (its
+   * blobs then land through `watch`, settled when the pull ends); without, it resolves when
+   * the pull is done.
    */
   async ensureManifest(
     repo: PullThroughRepository,
@@ -158,11 +163,10 @@ export class PullThrough {
     if (failed && Date.now() - failed.at < FAILURE_HOLD_MS) throw failed.error;
     let flight = this.#pulls.get(name);
     if (!flight) {
-      const streamed = watch ? this.#streamed(up, repo, reference, name, watch) : undefined;
-      const done = (streamed ? streamed.then((s) => s.done) : this.#pullHeld(up, name))
-        .finally(() => this.#pulls.delete(name));
+      const streamed = this.#streamed(up, repo, reference, name, watch);
+      const done = streamed.then((s) => s.done).finally(() => this.#pulls.delete(name));
       done.catch(() => {}); // a streamed pull's failure reaches its clients through `watch`
-      const manifest = streamed?.then((s) => s.manifest);
+      const manifest = streamed.then((s) => s.manifest);
       flight = { repoKey: `${repo.host}/${repo.repository}`, done, manifest };
       this.#pulls.set(name, flight);
     }
@@ -172,15 +176,19 @@ export class PullThrough {
   }
 
   /**
-   * Resolves `reference` upstream; for an image manifest, starts the pull of exactly that
-   * digest (stored under the tag) with `watch`, after telling it the manifest's blobs.
+   * Resolves `reference` upstream. An index is stored as it came (under the tag, or as the
+   * digest-pinned `sha256-<hex>`) and answered at once: a client picks its platform and asks
+   * for that manifest by digest, which is then pulled on its own (a registry mirror never
+   * fetches the platforms no one asked for). For an image manifest, starts the pull of exactly
+   * that digest (stored under the tag), with `watch` after telling it the manifest's blobs
+   * (the manifest is then answered at once; without `watch` only once the pull is done).
    */
   async #streamed(
     up: UpstreamRegistry,
     repo: PullThroughRepository,
     reference: string,
     name: string,
-    watch: PullThroughWatch,
+    watch?: PullThroughWatch,
   ): Promise<{ manifest?: FetchedManifest; done: Promise<void> }> {
     const { upstreams: _, tagTtlMs: __, modelsDir: ___, ...rest } = this.#options;
     const session = createSession(up.base, [`repository:${repo.repository}:pull`], rest);
@@ -193,10 +201,14 @@ export class PullThrough {
       this.#failed.set(name, { at: Date.now(), error });
       throw error;
     }
-    if (doc.kind !== "manifest") return { done: this.#pullHeld(up, name) };
-    watch.expect(imageBlobs([doc]).map((b) => ({ digest: b.digest, size: b.size })));
+    if (doc.kind === "index") {
+      await this.#storeIndex(name, got);
+      return { manifest: got, done: Promise.resolve() };
+    }
     const tag = reference.includes(":") ? "" : `:${reference}`;
     const pinned = `${repo.host}/${repo.repository}${tag}@${got.digest}`;
+    if (!watch) return { done: this.#pullHeld(up, pinned, undefined, name) };
+    watch.expect(imageBlobs([doc]).map((b) => ({ digest: b.digest, size: b.size })));
     const done = this.#pullHeld(up, pinned, watch, name).then(
       () => watch.settle(),
       (err) => {
@@ -205,6 +217,23 @@ export class PullThrough {
       },
     );
     return { manifest: got, done };
+  }
+
+  /**
+   * Writes an index (verified by getManifest: its digest, and the pinned one) where `name`
+   * lives in the store, so it is served from there until the tag's TTL ends.
+   */
+  async #storeIndex(name: string, got: FetchedManifest): Promise<void> {
+    const started = Date.now();
+    try {
+      await this.#store.ensureDirs();
+      await this.#store.writeManifest(parseReference(name), got.bytes);
+    } catch (error) {
+      this.#failed.set(name, { at: Date.now(), error });
+      throw error;
+    }
+    this.#failed.delete(name);
+    this.#resolvedAt.set(name, started);
   }
 
   /** A tag resolved less than the TTL ago whose manifest is still in the store. */

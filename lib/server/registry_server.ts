@@ -215,7 +215,7 @@ async function route(req: Request, ctx: Ctx): Promise<Response> {
       reference,
       candidates: parsed.candidates,
       ns: url.searchParams.get("ns"),
-      present: await isPresent(kind, reference, parsed.candidates, ctx),
+      present: (candidates) => isPresent(kind, reference, candidates, ctx),
       fills: ctx.fills,
     }, ctx.warn)
     : { candidates: parsed.candidates };

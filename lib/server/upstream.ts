@@ -122,8 +122,12 @@ export interface UpstreamRequest {
   reference: string;
   candidates: Candidate[];
   ns: string | null;
-  /** True when the store already holds the blob or manifest digest asked for. */
-  present: boolean;
+  /**
+   * Whether the store already holds the blob or manifest digest asked for, looked up among
+   * `candidates` (the upstream's location first: a digest of a pulled-through index or image
+   * is found where the pull put it).
+   */
+  present: (candidates: Candidate[]) => Promise<boolean>;
   /** Where a model's blobs are followed while they land. @default none: wait for the pull */
   fills?: BlobFills;
 }
@@ -144,7 +148,7 @@ export async function fillFromUpstream(
     ...req.candidates,
   ];
   const isTagRequest = req.kind === "manifests" && !req.reference.includes(":");
-  if (req.present && !isTagRequest) return { candidates };
+  if (!isTagRequest && await req.present(candidates)) return { candidates };
   try {
     if (req.kind === "manifests") {
       const manifest = await upstream.ensureManifest(repo, req.reference, req.fills?.pullWatch());
