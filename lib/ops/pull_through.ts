@@ -32,8 +32,10 @@ import { pull } from "./pull.ts";
 import { stat } from "node:fs/promises";
 
 /**
- * After a failed pull of a reference, requests for it within this long get the same error at
- * once (the store's copy, if any, is then served) instead of a new round of retries.
+ * After a failed pull of a reference, or a failed fetch of a blob asked for on its own (a 5xx
+ * after the engine's retries, a digest mismatch), requests for it within this long get the same
+ * error at once (the store's copy, if any, is then served) instead of a new round of retries:
+ * many clients retrying would otherwise each send the upstream a new fetch.
  */
 export const FAILURE_HOLD_MS = 10_000;
 
@@ -120,7 +122,10 @@ export class PullThrough {
   readonly #blobs = new Map<string, Promise<void>>();
   /** When each tag (key `host/repository:tag`) was last resolved upstream. */
   readonly #resolvedAt = new Map<string, number>();
-  /** The last failure of each reference, held for {@link FAILURE_HOLD_MS}. */
+  /**
+   * The last failure of each reference (`host/repository:tag` or `@digest`) and of each blob
+   * fetched on its own (`host/repository blob digest`), held for {@link FAILURE_HOLD_MS}.
+   */
   readonly #failed = new Map<string, { at: number; error: unknown }>();
 
   constructor(options: PullThroughOptions) {
@@ -307,21 +312,40 @@ export class PullThrough {
     return tags;
   }
 
-  /** Makes the store hold blob `digest` of `repo`. */
   /**
    * Size of blob `digest` of `repo` upstream (HEAD). @throws {NotFoundError} when it lacks it.
    */
   async blobSize(repo: PullThroughRepository, digest: string): Promise<number> {
     const up = this.#upstream(repo.host);
+    const key = blobKey(repo, digest);
+    this.#throwHeld(key);
     const { upstreams: _, tagTtlMs: __, modelsDir: ___, ...rest } = this.#options;
     const session = createSession(up.base, [`repository:${repo.repository}:pull`], rest);
-    const { size } = await session.client.resolveBlob(repo.repository, digest, {
-      signal: rest.signal,
-    });
-    if (size === undefined || !Number.isSafeInteger(size)) {
-      throw new Error(`${up.host} did not say the size of blob ${digest}`);
+    try {
+      const { size } = await session.client.resolveBlob(repo.repository, digest, {
+        signal: rest.signal,
+      });
+      if (size === undefined || !Number.isSafeInteger(size)) {
+        throw new Error(`${up.host} did not say the size of blob ${digest}`);
+      }
+      return size;
+    } catch (error) {
+      this.#hold(key, error);
+      throw error;
     }
-    return size;
+  }
+
+  /** Throws the failure of `key` if it is held (see {@link FAILURE_HOLD_MS}). */
+  #throwHeld(key: string): void {
+    const failed = this.#failed.get(key);
+    if (!failed) return;
+    if (Date.now() - failed.at < FAILURE_HOLD_MS) throw failed.error;
+    this.#failed.delete(key);
+  }
+
+  /** Holds the failure of `key`, unless the server is stopping (then nothing upstream failed). */
+  #hold(key: string, error: unknown): void {
+    if (!this.#options.signal?.aborted) this.#failed.set(key, { at: Date.now(), error });
   }
 
   /** Makes the store hold blob `digest` of `repo`; `hooks` follow its bytes as they land. */
@@ -331,6 +355,8 @@ export class PullThrough {
     hooks?: WrittenHooks,
   ): Promise<void> {
     const up = this.#upstream(repo.host);
+    const key = blobKey(repo, digest);
+    this.#throwHeld(key);
     const repoKey = `${repo.host}/${repo.repository}`;
     const pulls = [...this.#pulls.values()].filter((f) => f.repoKey === repoKey);
     if (pulls.length) {
@@ -339,9 +365,13 @@ export class PullThrough {
     }
     let flight = this.#blobs.get(digest);
     if (!flight) {
-      flight = this.#fetchBlob(up, repo.repository, digest, hooks).finally(() =>
-        this.#blobs.delete(digest)
-      );
+      flight = this.#fetchBlob(up, repo.repository, digest, hooks).then(
+        () => void this.#failed.delete(key),
+        (error) => {
+          this.#hold(key, error);
+          throw error;
+        },
+      ).finally(() => this.#blobs.delete(digest));
       this.#blobs.set(digest, flight);
     }
     await flight;
@@ -379,4 +409,9 @@ export class PullThrough {
       onDiscarded: hooks?.onDiscarded,
     });
   }
+}
+
+/** The key a blob fetched on its own is held under in `#failed` (apart from any reference). */
+function blobKey(repo: PullThroughRepository, digest: string): string {
+  return `${repo.host}/${repo.repository} blob ${digest}`;
 }

@@ -12,10 +12,11 @@ import {
   pushFixture,
   runCli,
   sha256File,
+  sleep,
   startRegistry,
   tmpDir,
 } from "../support/harness.ts";
-import { always, startFaultProxy } from "../support/fault_proxy.ts";
+import { always, anyRule, startFaultProxy } from "../support/fault_proxy.ts";
 import { startServe } from "./serve_fixtures.ts";
 
 const MiB = 1 << 20;
@@ -169,6 +170,76 @@ Deno.test("upstream streaming: a blob asked for on its own lands once for 4 clie
     const missing = await fetch(`${server.url}/v2/library/lone/blobs/sha256:${"0".repeat(64)}`);
     assert.equal(missing.status, 404);
     assert.equal((await missing.json()).errors[0].code, "BLOB_UNKNOWN");
+  } finally {
+    await server.stop();
+    await proxy.stop();
+    await reg.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+Deno.test("upstream: a failed blob fetch (5xx, digest mismatch) is held 10 s: clients get the error at once, then a new fetch is tried", async () => {
+  const dir = await tmpDir("haul-upstream-stream");
+  const reg = await startRegistry();
+  const fx = makeOllamaModel({ layerSizes: [2 * MiB + 3, 3 * MiB + 5], seed: 214 });
+  const [, down, bad] = fx.blobs;
+  const getOf = (digest: string) => (r: { method: string; url: string }) =>
+    r.method === "GET" && r.url.endsWith(`/blobs/${digest}`);
+  // `down` answers 503 (Retry-After: 0, so the engine's retries take no time), `bad` is corrupt.
+  const proxy = await startFaultProxy(reg.url, {
+    rule: anyRule(
+      always(getOf(down.digest), { status: 503, retryAfter: "0" }),
+      always(getOf(bad.digest), { flipByteAt: 1000 }),
+    ),
+  });
+  const store = join(dir, "cache");
+  await mkdir(store);
+  const server = await startServe(store, { extra: ["--upstream", proxy.url] });
+  const upstreamAsked = (digest: string) =>
+    proxy.requests.filter((r) => r.url.endsWith(`/blobs/${digest}`)).length;
+  const url = (digest: string) => `${server.url}/v2/library/held/blobs/${digest}`;
+  try {
+    await pushFixture(reg, "library/held", "latest", fx);
+    const asked: number[] = [];
+    let failedAt = 0;
+    for (const b of [down, bad]) {
+      const first = await fetch(url(b.digest));
+      assert.equal(first.status, 502, `${b.digest}: the failed fetch is a registry error`);
+      assert.equal((await first.json()).errors[0].code, "UNKNOWN");
+      failedAt = Date.now();
+      const n = upstreamAsked(b.digest);
+      assert.ok(n > 1, `the engine fetched and retried: ${n}`);
+      // Within the hold: 6 clients (4 GET, 2 HEAD) all get the error, none reaches upstream.
+      const again = await Promise.all(
+        ["GET", "GET", "GET", "GET", "HEAD", "HEAD"].map(async (method) => {
+          const res = await fetch(url(b.digest), { method });
+          const body = method === "GET" ? (await res.json()).errors[0].code : await res.text();
+          return `${method} ${res.status} ${body}`;
+        }),
+      );
+      assert.deepEqual(again, [
+        ...Array(4).fill("GET 502 UNKNOWN"),
+        ...Array(2).fill("HEAD 502 "),
+      ]);
+      assert.equal(upstreamAsked(b.digest), n, "no new upstream request within the hold");
+      assert.ok(Date.now() - failedAt < 10_000, "these ran within the hold");
+      asked.push(n);
+    }
+
+    // After the hold, with the upstream fixed: a new fetch, verified.
+    proxy.setRule(undefined);
+    await sleep(Math.max(0, 10_000 - (Date.now() - failedAt)) + 500);
+    for (const b of [down, bad]) {
+      const res = await fetch(url(b.digest));
+      assert.equal(res.status, 200);
+      assert.equal(sha(new Uint8Array(await res.arrayBuffer())), b.digest);
+    }
+    assert.ok(upstreamAsked(down.digest) > asked[0] && upstreamAsked(bad.digest) > asked[1]);
+    console.log(
+      `held: upstream requests for each failed blob (HEADs + the engine GETs): ${
+        asked.join(", ")
+      }; 6 requests each within the hold added none`,
+    );
   } finally {
     await server.stop();
     await proxy.stop();
