@@ -10,10 +10,15 @@
  * a postMessage round trip to the Worker cost 46-83 ms of user CPU in Deno, an
  * FsFile write 20-30 ms; a 1 GiB pull under Deno took 0.80 s of user CPU instead of
  * 0.91 and 119 MB instead of 135 (no Worker isolate). Deno's node:fs `write` runs
- * on the calling thread, so it is not used. Bun's node:fs `write` runs on its pool
- * (6-16 ms per GiB) and saved 0.10 s of user CPU per GiB pulled too, but the pull's
- * peak RSS rose by 30 MB (141 → 173 MB, for reasons not found in the time), so Bun
- * keeps the Worker.
+ * on the calling thread, so it is not used. Bun keeps the Worker, fed by `writeChunks`:
+ * its fetch body hands out every chunk in a buffer of its own, and those buffers are
+ * transferred as they are, 1 MiB of them per message, instead of being copied into a
+ * write buffer that makes the round trip. A 1 GiB pull from the binary (medians of 3,
+ * scripts/bench/cpu_stages.ts): peak RSS 198 → 115 MB, main thread 0.85 → 0.60 CPU-s,
+ * user CPU 1.54 → 1.53 s (the Worker now frees the buffers: 0.43 → 0.52 CPU-s).
+ * Bun's node:fs `write` on its pool instead of the Worker, tried on top of that: user
+ * CPU 1.48 → 1.38 s, but system CPU 1.20 → 1.49 s and RSS 118 → 173 MB (why was not
+ * found: its pool threads' own write calls took 0.5 s of system CPU), so it is not used.
  */
 import * as fs from "node:fs";
 import { open } from "node:fs/promises";
@@ -30,11 +35,29 @@ export interface BlockWriter {
     buf: Uint8Array<ArrayBuffer>,
     len: number,
   ): Promise<Uint8Array<ArrayBuffer>>;
+  /**
+   * Writes `chunks`, one after the other, at `offset` of `path`. The chunks are the
+   * writer's from then on (a Worker takes their buffers over, without a copy): the
+   * caller must not touch them again.
+   */
+  writeChunks(path: string, offset: number, chunks: Uint8Array[]): Promise<void>;
   /** Closes the writer's handle on `path` (after its last write). */
   close(path: string): void;
 }
 
-type Reply = { id: number; buf: ArrayBuffer; error?: string; code?: string } | { pong: true };
+/** `chunks` written one by one through `write` (writers without a batch path). */
+async function writeEach(w: BlockWriter, path: string, offset: number, chunks: Uint8Array[]) {
+  for (const c of chunks) {
+    const own = c.byteOffset === 0 && c.buffer.byteLength === c.byteLength && c.buffer instanceof
+        ArrayBuffer
+      ? c as Uint8Array<ArrayBuffer>
+      : c.slice();
+    await w.write(path, offset, own, own.byteLength);
+    offset += c.byteLength;
+  }
+}
+
+type Reply = { id: number; buf?: ArrayBuffer; error?: string; code?: string } | { pong: true };
 
 let worker: Worker | undefined;
 let ready = false;
@@ -67,7 +90,7 @@ function startWorker(): void {
     pending.delete(r.id);
     if (!p) return;
     if (r.error) p.reject(Object.assign(new Error(r.error), { code: r.code }));
-    else p.resolve(r.buf);
+    else p.resolve(r.buf ?? new ArrayBuffer(0));
     // Released while this write was in flight: stop now (a live Worker keeps the process up).
     if (users === 0 && pending.size === 0) stopWorker();
   };
@@ -240,6 +263,25 @@ export function acquireBlockWriter(options: BlockWriterOptions = {}): BlockWrite
         w.postMessage({ op: "write", id, path, offset, buf: ab, len }, [ab]);
       });
     },
+    async writeChunks(path, offset, chunks) {
+      if (useWorker && !ready && !broken && readyWait) await readyWait;
+      if (!useWorker || !ready || !worker || broken) return writeEach(this, path, offset, chunks);
+      const w = worker;
+      const id = nextId++;
+      // Each chunk's whole buffer goes over (transferred, no copy) with where the chunk is in it.
+      const bufs: ArrayBuffer[] = [];
+      const at: number[] = [];
+      for (const c of chunks) {
+        const whole = c.buffer instanceof ArrayBuffer && !bufs.includes(c.buffer);
+        const ab = whole ? c.buffer as ArrayBuffer : c.slice().buffer;
+        bufs.push(ab);
+        at.push(whole ? c.byteOffset : 0, c.byteLength);
+      }
+      await new Promise<ArrayBuffer>((resolve, reject) => {
+        pending.set(id, { resolve, reject });
+        w.postMessage({ op: "writev", id, path, offset, bufs, at }, bufs);
+      });
+    },
     close(path) {
       worker?.postMessage({ op: "close", path });
     },
@@ -257,6 +299,12 @@ function asyncWriter(): BlockWriter & { release(): void } {
     async write(path, offset, buf, len) {
       await writeAsync(path, offset, buf, len);
       return buf;
+    },
+    async writeChunks(path, offset, chunks) {
+      for (const c of chunks) {
+        await writeAsync(path, offset, c, c.byteLength);
+        offset += c.byteLength;
+      }
     },
     close(path) {
       const h = handles.get(path);

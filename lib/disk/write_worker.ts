@@ -14,6 +14,7 @@ import { alignDown, alignedBuffers, alignUp, DIRECT_ALIGN, openDirect } from "./
 type Msg =
   | { op: "ping" }
   | { op: "write"; id: number; path: string; offset: number; buf: ArrayBuffer; len: number }
+  | { op: "writev"; id: number; path: string; offset: number; bufs: ArrayBuffer[]; at: number[] }
   | { op: "close"; path: string };
 
 interface DenoFile {
@@ -132,6 +133,22 @@ scope.onmessage = (e: MessageEvent<Msg>) => {
     const t = files.get(m.path);
     files.delete(m.path);
     if (t) closeTarget(t);
+    return;
+  }
+  if (m.op === "writev") {
+    // A batch of chunks: written in order; their buffers stay here (garbage once written).
+    try {
+      let pos = m.offset;
+      for (let i = 0; i < m.bufs.length; i++) {
+        const len = m.at[2 * i + 1];
+        writeAt(m.path, pos, new Uint8Array(m.bufs[i], m.at[2 * i], len));
+        pos += len;
+      }
+      scope.postMessage({ id: m.id });
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      scope.postMessage({ id: m.id, error: String((err as Error)?.message ?? err), code });
+    }
     return;
   }
   try {

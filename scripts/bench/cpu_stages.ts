@@ -95,7 +95,6 @@ interface Run {
 }
 
 function group(name: string): string {
-  if (/^(deno|bun|haul|main)$/.test(name)) return "main";
   if (/worker/i.test(name)) return name.toLowerCase();
   if (/tokio|blocking|deno-io|fs|pool/i.test(name)) return `io:${name}`;
   if (/gc|heap|v8|jit|dfg|ftl|helper/i.test(name)) return `gc/jit:${name}`;
@@ -138,8 +137,17 @@ async function runOne(tool: string, cmd: string[], perfOut?: string): Promise<Ru
   const last = err.trim().split("\n").at(-1)!.split(" ").map(Number);
   if (code !== 0) throw new Error(`${tool}: exit ${code}: ${err}`);
   const groups = new Map<string, [number, number]>();
-  for (const [name, ticks, ut] of sample.threads.values()) {
-    const g = group(name);
+  // Worker threads of one name (Bun's "Worker") are told apart by start order (by tid).
+  const seen = new Map<string, number>();
+  for (const [tid, [name, ticks, ut]] of [...sample.threads].sort((a, b) => a[0] - b[0])) {
+    let g = tid === target ? "main" : group(name);
+    if (/worker/i.test(name) && !/^gc/.test(g)) {
+      const k = (seen.get(g) ?? 0) + 1;
+      seen.set(g, k);
+      if (k > 1 || [...sample.threads.values()].filter((t) => t[0] === name).length > 1) {
+        g += `#${k}`;
+      }
+    }
     const [a, b] = groups.get(g) ?? [0, 0];
     groups.set(g, [a + ticks / HZ, b + ut / HZ]);
   }

@@ -62,3 +62,35 @@ Deno.test("the default writer under Deno: concurrent writes at their offsets, th
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+Deno.test("writeChunks through the Worker and the default writer: chunks in order at the offset, shared buffers copied, own ones taken over by the Worker", async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "haul-bw-"));
+  try {
+    for (const mode of ["--chunks", "--chunks-async"]) {
+      const file = path.join(dir, mode);
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", child, file, mode],
+        env: { HAUL_DIRECT_IO: "0" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+      assert.equal(out.code, 0, text);
+      // The Worker takes each chunk's own buffer over (detached here); the default writer lends.
+      assert.match(text, mode === "--chunks" ? /7 written, 3 taken over/ : /7 written, 0 taken/);
+      const got = fs.readFileSync(file);
+      const want = [
+        ...Array(4096).fill(0),
+        ...[3, 200_000, 70_001].flatMap((n, i) => Array(n).fill(i + 1)),
+        ...[0, 1, 2].flatMap((i) => Array(100_000).fill(4 + i)),
+        ...Array(500_000).fill(9),
+      ];
+      assert.equal(got.byteLength, 8 << 20, mode);
+      const head = got.subarray(0, want.length);
+      assert.ok(head.every((b, i) => b === want[i]), `${mode}: bytes differ from the chunks`);
+      assert.equal(got[want.length], 0, `${mode}: nothing written past the chunks`);
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -58,6 +58,56 @@ Deno.test("download() fetches blobs in parallel with inline and worker hashing, 
   }
 });
 
+Deno.test("download() from bodies without BYOB (as Bun's fetch): chunks handed to the writer as they are, blobs verified", async () => {
+  const fx = makeOllamaModel({ layerSizes: [64 * 1024 + 3, 40 * MiB + 11], seed: 23 });
+  const reg = await startRegistry();
+  const dir = await tmpDir("haul-dl");
+  let chunks = 0;
+  // Re-wraps each body as a plain (not byte) stream, so getReader({ mode: "byob" }) throws;
+  // every chunk in a fresh buffer of its own, as Bun hands them out, some in views of one.
+  const plain = async (req: Request) => {
+    const res = await fetch(req);
+    if (!res.body) return res;
+    const r = res.body.getReader();
+    const body = new ReadableStream<Uint8Array>({
+      async pull(c) {
+        const x = await r.read();
+        if (x.done) return c.close();
+        chunks++;
+        if (chunks % 3) return c.enqueue(x.value.slice());
+        const half = x.value.byteLength >> 1;
+        const both = x.value.slice();
+        c.enqueue(both.subarray(0, half));
+        c.enqueue(both.subarray(half));
+      },
+      cancel: (reason) => r.cancel(reason),
+    });
+    return new Response(body, { status: res.status, headers: res.headers });
+  };
+  try {
+    await pushFixture(reg, "lib/plain", "v1", fx);
+    assert.throws(() => new ReadableStream().getReader({ mode: "byob" }));
+    const res = await download({
+      blobs: fx.blobs.map(({ digest, size }) => ({ digest, size })),
+      baseUrl: reg.url,
+      repository: "lib/plain",
+      destDir: dir,
+      partSize: 8 * MiB,
+      fetch: plain,
+    });
+    assert.equal(res.fetched, fx.blobs.length);
+    assert.ok(chunks > 100, `only ${chunks} chunks`);
+    for (const b of fx.blobs) {
+      const file = path.join(dir, b.digest.replace(":", "-"));
+      assert.equal(`sha256:${await sha256File(file)}`, b.digest);
+    }
+  } finally {
+    await reg.stop();
+    await fx.cleanup?.();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+});
+
 Deno.test("download() refuses a blob whose bytes do not match its digest and never names it", async () => {
   const fx = makeOllamaModel({ layerSizes: [1000, 20 * MiB], seed: 22 });
   const reg = await startRegistry();
