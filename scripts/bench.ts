@@ -1105,10 +1105,17 @@ async function p9(): Promise<ScenarioBody> {
     const ref = `${serve.host}/${alias}:${f.tag}`;
     const layer = f.layers[0];
     const ollamaModels = () => path.join(outDir(), "ollama-models");
+    // haul serve does half the work of every row: its CPU is the rows' server CPU; on the
+    // ollama row the daemon's too (the client only asks it).
+    const servePid = () => (serve.child.pid ? [serve.child.pid] : []);
+    // Every row starts with the served blob in the page cache, as P1 starts with the registry's
+    // (haulPullTool would warm the registry's copy, which no row reads).
+    const served = () => [storeBlob(store, layer.digest)];
     const tools: Tool[] = [
-      ...haulKinds().map((k) => haulPullTool(k, ref, f)),
+      ...haulKinds().map((k) => ({ ...haulPullTool(k, ref, f), servers: servePid, warm: served })),
       {
         id: "ollama",
+        servers: () => [...servePid(), ...(daemon?.pid ? [daemon.pid] : [])],
         label: "ollama pull (stock v0.32.15, daemon up before the clock)",
         before: async () => {
           await daemon?.stop();
@@ -1125,7 +1132,7 @@ async function p9(): Promise<ScenarioBody> {
           "--insecure",
           ref,
         ],
-        warm: () => [],
+        warm: served,
         check: () =>
           sizeIs(path.join(ollamaModels(), "blobs", layer.digest.replace(":", "-")), size),
       },
@@ -1146,6 +1153,7 @@ async function p9(): Promise<ScenarioBody> {
         `Both pull ${ref} from one \`haul serve\` of a store seeded with the P1 blob (docker-registry ${reg.host} cannot serve stock Ollama: it wants a 307 or a Location).`,
         "ollama: `ollama pull --insecure` with `ollama serve` (v0.32.15, scripts/go_peers.sh) started on a fresh OLLAMA_MODELS before the clock; its wall is the client's, the daemon doing the work (its CPU is not in the client's).",
         "haul: default settings, into Ollama's store layout.",
+        "Server CPU: `haul serve`'s, and on the ollama row the daemon's as well. Every run starts with the served blob in the page cache.",
       ],
       tools,
       records,

@@ -47,6 +47,8 @@ export interface OllamaServer {
   home: string;
   /** The environment the daemon runs with; the client gets the same. */
   env: Record<string, string>;
+  /** The daemon's process id (the bench counts its CPU). */
+  pid: number | undefined;
   /** The daemon's log so far. */
   log(): Promise<string>;
   /** SIGTERM, then SIGKILL after 5 s; removes HOME (and the store when it made it). */
@@ -101,7 +103,16 @@ export async function startOllama(options: StartOllamaOptions = {}): Promise<Oll
     }
     await sleep(100);
   }
-  return { url, host, models, home, env, log: () => fsp.readFile(logFile, "utf8"), stop };
+  return {
+    url,
+    host,
+    models,
+    home,
+    env,
+    pid: child.pid,
+    log: () => fsp.readFile(logFile, "utf8"),
+    stop,
+  };
 }
 
 export interface OllamaRun {
