@@ -161,8 +161,11 @@ async function send(
   const reader = response.body.getReader();
   let bytes = 0;
   try {
+    let first: ReturnType<typeof reader.read> | undefined = reader.read();
+    await flushHeadUnlessReady(first, res);
     for (;;) {
-      const { done, value } = await reader.read();
+      const { done, value } = await (first ?? reader.read());
+      first = undefined;
       if (done) break;
       if (res.destroyed) throw new Error("client closed the connection");
       bytes += value.byteLength;
@@ -176,6 +179,27 @@ async function send(
     res.destroy();
     return { bytes, complete: false };
   }
+}
+
+/** How long a body's first chunk may take before the head is sent on its own. */
+const HEAD_FLUSH_MS = 20;
+
+/**
+ * node:http (Node, and Deno and Bun, which follow it) sends the status line and headers with
+ * the first body write: a body still coming (a blob landing from an upstream, fill_response.ts)
+ * would hold them back until its first byte. Sends the head at once unless the first chunk is
+ * ready within {@link HEAD_FLUSH_MS} (a blob on disk: then head and bytes go out together).
+ * (`res.headersSent` is already true after `writeHead`, sent or not, so it is not asked.)
+ */
+async function flushHeadUnlessReady(
+  first: Promise<unknown>,
+  res: http.ServerResponse,
+): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<boolean>((r) => (timer = setTimeout(() => r(true), HEAD_FLUSH_MS)));
+  const isLate = await Promise.race([first.then(() => false, () => false), late]);
+  clearTimeout(timer);
+  if (isLate && !res.destroyed) res.flushHeaders();
 }
 
 /** Resolves when `res` has sent everything, or is closed. */
