@@ -876,6 +876,46 @@ async function p2(size: number, sid: string): Promise<ScenarioBody> {
         servers,
         check: () => sizeIs(path.join(outDir(), "blob"), size),
       },
+      // Single-stream verifying blob fetchers: one connection at the cap, first round only.
+      ...(goPeer("crane", "HAUL_CRANE")
+        ? [{
+          id: "crane-blob",
+          label: "crane blob > file (verified)",
+          once: true,
+          cmd: () => [
+            "sh",
+            "-c",
+            '"$0" blob --insecure "$1" > "$2"',
+            goPeer("crane", "HAUL_CRANE")!,
+            `${ng.host}/${f.repo}@${layer.digest}`,
+            path.join(outDir(), "blob"),
+          ],
+          warm: () => [layer.file],
+          bytes: counter,
+          servers,
+          check: () => sizeIs(path.join(outDir(), "blob"), size),
+        }]
+        : []),
+      ...(goPeer("oras", "HAUL_ORAS")
+        ? [{
+          id: "oras-blob",
+          label: "oras blob fetch -o file (verified)",
+          once: true,
+          cmd: () => [
+            goPeer("oras", "HAUL_ORAS")!,
+            "blob",
+            "fetch",
+            "--plain-http",
+            "-o",
+            path.join(outDir(), "blob"),
+            `${ng.host}/${f.repo}@${layer.digest}`,
+          ],
+          warm: () => [layer.file],
+          bytes: counter,
+          servers,
+          check: () => sizeIs(path.join(outDir(), "blob"), size),
+        }]
+        : []),
       {
         id: "skopeo",
         label: "skopeo copy docker:// → oci:",
@@ -925,7 +965,7 @@ async function p2(size: number, sid: string): Promise<ScenarioBody> {
       about: [
         `nginx ${ng.host} → docker-registry ${reg.host}: \`limit_rate ${RATE};\`, proxy_buffering on, proxy_max_temp_file_size 0, upstream keepalive; config in the work dir.`,
         `haul: default settings (${await haulDefaults()}); aria2c: \`aria2c -x16 -s16 -k1M -d DIR -o blob <URL>\` (no verification).`,
-        "skopeo gets one connection (≈ 43 s per GiB at this rate), so it runs in the first round only.",
+        "skopeo, crane blob and oras blob fetch get one connection each (≈ 43 s per GiB at this rate), so they run in the first round only.",
         "Bytes: `$body_bytes_sent` from nginx's access log.",
       ],
       tools,
