@@ -359,7 +359,8 @@ function modelFrom(
   try {
     const doc = parseManifest(bytes);
     if (doc.kind === "index") {
-      model.invalid = "an image index, not a manifest (haul and Ollama store one platform)";
+      model.invalid =
+        "an image index, not a model (haul pull stores one platform; haul serve --upstream keeps the index its clients asked for)";
     } else {
       model.size = [doc.config, ...doc.layers].reduce((a, d) => a + d.size, 0);
       model.blobs = manifestBlobs(doc);

@@ -7,6 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { runCli, sha256File, startRegistry, tmpDir } from "../support/harness.ts";
@@ -131,6 +132,63 @@ Deno.test("upstream index: the index is answered at once, one platform's manifes
         `${proxy.requests.length} upstream requests`,
     );
     assert.equal(sent, asked);
+  } finally {
+    await server.stop();
+    await proxy.stop();
+    await reg.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+Deno.test("upstream index: a Docker manifest list, asked for as containerd does (HEAD the tag, then by digest, ?ns=)", async () => {
+  const dir = await tmpDir("haul-upstream-index");
+  const reg = await startRegistry();
+  const proxy = await startFaultProxy(reg.url);
+  const store = join(dir, "cache");
+  await mkdir(store);
+  const server = await startServe(store, { extra: ["--upstream", proxy.url] });
+  const children = [
+    { os: "linux", architecture: "amd64" },
+    { os: "linux", architecture: "arm64", variant: "v8" },
+  ].map((platform, i) => ({
+    platform,
+    fx: makeImage({ layerSizes: [MiB + i, 500], seed: 310 + i, platform, docker: true }),
+  }));
+  const list = makeIndex(children, { docker: true });
+  const [amd64, arm64] = children;
+  const ns = `?ns=${proxy.host}`;
+  const base = `${server.url}/v2/library/list/manifests`;
+  const accept = [IMAGE_MEDIA.dockerList, IMAGE_MEDIA.dockerManifest].join(", ");
+  try {
+    await pushIndex(reg, "library/list", "v1", list);
+    proxy.requests.length = 0;
+    const head = await fetch(`${base}/v1${ns}`, { method: "HEAD", headers: { accept } });
+    assert.equal(head.status, 200);
+    assert.equal(head.headers.get("content-type"), IMAGE_MEDIA.dockerList);
+    assert.equal(head.headers.get("docker-content-digest"), list.digest);
+    const got = await fetch(`${base}/${list.digest}${ns}`, { headers: { accept } });
+    assert.equal(got.status, 200);
+    assert.deepEqual(new Uint8Array(await got.arrayBuffer()), list.bytes);
+    const child = await fetch(`${base}/${arm64.fx.manifestDigest}${ns}`, { headers: { accept } });
+    assert.equal(child.status, 200);
+    assert.equal(child.headers.get("content-type"), IMAGE_MEDIA.dockerManifest);
+    assert.deepEqual(new Uint8Array(await child.arrayBuffer()), arm64.fx.manifest);
+    for (const b of arm64.fx.blobs) {
+      const res = await fetch(`${server.url}/v2/library/list/blobs/${b.digest}${ns}`);
+      assert.equal(res.status, 200);
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      assert.equal(
+        `sha256:${createHash("sha256").update(bytes).digest("hex")}`,
+        b.digest,
+      );
+    }
+    const gets = proxy.requests.filter((r) => r.method === "GET").map((r) =>
+      r.url.split("/").at(-1)!
+    );
+    for (const b of amd64.fx.blobs) assert.ok(!gets.includes(b.digest), "amd64 never fetched");
+    assert.ok(!gets.includes(amd64.fx.manifestDigest));
+    assert.equal(gets.filter((g) => g === list.digest).length, 0, "the list fetched by tag only");
+    assert.equal(proxy.bytesOut(/\/blobs\//), arm64.fx.blobs.reduce((a, b) => a + b.size, 0));
   } finally {
     await server.stop();
     await proxy.stop();
