@@ -213,10 +213,14 @@ export class PullThrough {
     const tag = reference.includes(":") ? "" : `:${reference}`;
     const pinned = `${repo.host}/${repo.repository}${tag}@${got.digest}`;
     if (!watch) return { done: this.#pullHeld(up, pinned, undefined, name) };
-    watch.expect(imageBlobs([doc]).map((b) => ({ digest: b.digest, size: b.size })));
+    const blobs = imageBlobs([doc]).map((b) => ({ digest: b.digest, size: b.size }));
+    watch.expect(blobs);
     const done = this.#pullHeld(up, pinned, watch, name).then(
       () => watch.settle(),
       (err) => {
+        // The blob whose fetch failed the pull is held as a blob fetched on its own would be.
+        const culprit = blobNamedBy(err, new Set(blobs.map((b) => b.digest)));
+        if (culprit) this.#hold(blobKey(repo, culprit), err);
         watch.settle(err);
         throw err;
       },
@@ -414,4 +418,16 @@ export class PullThrough {
 /** The key a blob fetched on its own is held under in `#failed` (apart from any reference). */
 function blobKey(repo: PullThroughRepository, digest: string): string {
   return `${repo.host}/${repo.repository} blob ${digest}`;
+}
+
+/**
+ * The blob of `digests` that `err` (or a cause) names first, in its message or URL: the blob
+ * whose fetch failed a pull (`Digest mismatch for sha256:…`, `GET …/blobs/sha256:… failed`).
+ */
+function blobNamedBy(err: unknown, digests: ReadonlySet<string>): string | undefined {
+  for (let e = err, i = 0; e && i < 5; e = (e as { cause?: unknown }).cause, i++) {
+    const text = `${(e as Error).message ?? ""} ${(e as { url?: unknown }).url ?? ""}`;
+    for (const m of text.matchAll(/sha256:[0-9a-f]{64}/g)) if (digests.has(m[0])) return m[0];
+  }
+  return undefined;
 }

@@ -247,3 +247,49 @@ Deno.test("upstream: a failed blob fetch (5xx, digest mismatch) is held 10 s: cl
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+Deno.test("upstream: a blob that fails the pull of its model is held 10 s too: clients get the error at once", async () => {
+  const dir = await tmpDir("haul-upstream-stream");
+  const reg = await startRegistry();
+  const fx = makeOllamaModel({ layerSizes: [2 * MiB + 9, 200], seed: 216 });
+  const down = fx.blobs[1];
+  const proxy = await startFaultProxy(reg.url, {
+    rule: always(
+      (r) => r.method === "GET" && r.url.endsWith(`/blobs/${down.digest}`),
+      { status: 503, retryAfter: "0" },
+    ),
+  });
+  const store = join(dir, "cache");
+  await mkdir(store);
+  const server = await startServe(store, { extra: ["--upstream", proxy.url] });
+  const upstreamAsked = () =>
+    proxy.requests.filter((r) => r.url.endsWith(`/blobs/${down.digest}`)).length;
+  const url = `${server.url}/v2/library/pulled/blobs/${down.digest}`;
+  try {
+    await pushFixture(reg, "library/pulled", "latest", fx);
+    const m = await fetch(`${server.url}/v2/library/pulled/manifests/latest`);
+    assert.equal(m.status, 200, "the manifest is answered before its blobs are in");
+    await m.body?.cancel();
+    const first = await fetch(url);
+    assert.equal(first.status, 502);
+    await first.body?.cancel();
+    const failedAt = Date.now();
+    const n = upstreamAsked();
+    assert.ok(n > 1, `the pull fetched and retried the blob: ${n}`);
+    const again = await Promise.all(["GET", "GET", "GET", "GET", "HEAD", "HEAD"].map(
+      async (method) => {
+        const res = await fetch(url, { method });
+        await res.body?.cancel();
+        return `${method} ${res.status}`;
+      },
+    ));
+    assert.deepEqual(again, [...Array(4).fill("GET 502"), ...Array(2).fill("HEAD 502")]);
+    assert.equal(upstreamAsked(), n, "no new upstream request within the hold");
+    assert.ok(Date.now() - failedAt < 10_000, "these ran within the hold");
+  } finally {
+    await server.stop();
+    await proxy.stop();
+    await reg.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
