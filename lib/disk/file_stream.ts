@@ -1,14 +1,16 @@
 /**
  * Byte ranges of a file as a `ReadableStream`, read on demand with bounded
- * memory: the stream pulls one `readSize` buffer at a time (one read ahead), and
- * the HTTP server pulls only as fast as the client drains its socket, so a slow
- * client costs ~2 buffers. `node:fs/promises` is fast enough on Deno and Bun
- * (1.7 GB/s to one curl client here), so no runtime-specific code is needed.
+ * memory: a byte stream (`type: "bytes"`) that reads one `readSize` buffer per
+ * read, into the reader's own buffer when it reads with a BYOB reader (haul serve
+ * does, and reuses its buffers: lib/server/body_reader.ts), and the HTTP server
+ * reads only as fast as the client drains its socket, so a slow client costs ~2
+ * buffers. `node:fs/promises` is fast enough on Deno and Bun (1.7 GB/s to one
+ * curl client here), so no runtime-specific code is needed.
  *
- * Read size: each read is a fresh buffer (the consumer keeps it until sent), and
- * V8 frees them only at its next GC. Measured with 50 clients of a 500 MB blob on
- * Deno: 1 MiB reads peak at ~330 MiB RSS, 256 KiB at ~230 MiB with the same
- * aggregate throughput; so 256 KiB.
+ * Read size: a default reader gets a fresh buffer per read (it keeps it until
+ * sent), and V8 frees them only at its next GC. Measured with 50 clients of a
+ * 500 MB blob on Deno: 1 MiB reads peak at ~330 MiB RSS, 256 KiB at ~230 MiB
+ * with the same aggregate throughput; so 256 KiB.
  */
 import { type FileHandle, open } from "node:fs/promises";
 
@@ -29,7 +31,10 @@ export interface OpenFile {
 
 /** Options for {@link OpenFile.stream}. */
 export interface FileStreamOptions {
-  /** Bytes per read; each read is a fresh buffer handed to the consumer. @default 256 KiB */
+  /**
+   * Bytes per read at most: a fresh buffer of this size for a default reader, at most this
+   * much of a BYOB reader's buffer. @default 256 KiB
+   */
   readSize?: number;
   /** Aborting errors the stream and closes the file. */
   signal?: AbortSignal;
@@ -76,61 +81,90 @@ export async function openFile(path: string): Promise<OpenFile | undefined> {
     size: st.size,
     mtimeMs: st.mtimeMs,
     close,
-    stream(start, end, options = {}) {
-      const readSize = options.readSize ?? DEFAULT_READ_SIZE;
-      if (!Number.isSafeInteger(readSize) || readSize < 1) {
-        throw new RangeError(`readSize must be a positive integer, got ${readSize}`);
-      }
-      if (
-        !(Number.isSafeInteger(start) && Number.isSafeInteger(end) && 0 <= start && start <= end)
-      ) {
-        throw new RangeError(`Invalid byte range [${start}, ${end})`);
-      }
-      const signal = options.signal;
-      let pos = start;
-      let onAbort: (() => void) | undefined;
-      const done = () => {
-        if (onAbort) signal?.removeEventListener("abort", onAbort);
-        return close();
-      };
-      return new ReadableStream<Uint8Array>({
-        start(controller) {
-          if (!signal) return;
-          onAbort = () => {
-            controller.error(signal.reason ?? new Error("aborted"));
-            void done();
-          };
-          if (signal.aborted) onAbort();
-          else signal.addEventListener("abort", onAbort, { once: true });
-        },
-        async pull(controller) {
-          if (pos >= end) {
-            await done();
-            controller.close();
-            return;
-          }
-          try {
-            const buf = new Uint8Array(Math.min(readSize, end - pos));
-            const { bytesRead } = await fh.read(buf, 0, buf.byteLength, pos);
-            if (closed) return; // cancelled or aborted while reading
-            if (bytesRead === 0) {
-              throw new Error(`${path} shrank to ${pos} bytes while being sent`);
-            }
-            pos += bytesRead;
-            controller.enqueue(bytesRead === buf.byteLength ? buf : buf.subarray(0, bytesRead));
-            if (pos >= end) {
-              await done();
-              controller.close();
-            }
-          } catch (err) {
-            await done();
-            controller.error(err); // a no-op when already errored by an abort
-          }
-        },
-        async cancel() {
-          await done();
-        },
-      }, { highWaterMark: 1 });
-    },
+    stream: (start, end, options = {}) =>
+      rangeStream({ fh, path, closed: () => closed, close }, start, end, options),
   };
+}
+
+/** The file {@link rangeStream} reads; `close` is idempotent and sets `closed`. */
+interface StreamedFile {
+  fh: FileHandle;
+  path: string;
+  closed: () => boolean;
+  close: () => Promise<void>;
+}
+
+function rangeStream(
+  file: StreamedFile,
+  start: number,
+  end: number,
+  options: FileStreamOptions,
+): ReadableStream<Uint8Array> {
+  const { fh, path, close } = file;
+  const readSize = options.readSize ?? DEFAULT_READ_SIZE;
+  if (!Number.isSafeInteger(readSize) || readSize < 1) {
+    throw new RangeError(`readSize must be a positive integer, got ${readSize}`);
+  }
+  if (
+    !(Number.isSafeInteger(start) && Number.isSafeInteger(end) && 0 <= start && start <= end)
+  ) {
+    throw new RangeError(`Invalid byte range [${start}, ${end})`);
+  }
+  const signal = options.signal;
+  let pos = start;
+  let onAbort: (() => void) | undefined;
+  const done = () => {
+    if (onAbort) signal?.removeEventListener("abort", onAbort);
+    return close();
+  };
+  return new ReadableStream({
+    type: "bytes",
+    autoAllocateChunkSize: readSize,
+    start(controller) {
+      if (!signal) return;
+      onAbort = () => {
+        controller.error(signal.reason ?? new Error("aborted"));
+        void done();
+      };
+      if (signal.aborted) onAbort();
+      else signal.addEventListener("abort", onAbort, { once: true });
+    },
+    async pull(controller) {
+      // A BYOB reader (haul serve's, node_respond.ts) lends the buffer to read into; a
+      // default reader gets one of autoAllocateChunkSize.
+      const req = controller.byobRequest;
+      if (pos >= end) {
+        await done();
+        controller.close();
+        req?.respond(0);
+        return;
+      }
+      try {
+        const want = Math.min(readSize, end - pos);
+        const view = req?.view;
+        const buf = view
+          ? new Uint8Array(view.buffer, view.byteOffset, Math.min(view.byteLength, want))
+          : new Uint8Array(want);
+        const { bytesRead } = await fh.read(buf, 0, buf.byteLength, pos);
+        if (file.closed()) return; // cancelled or aborted while reading
+        if (bytesRead === 0) {
+          throw new Error(`${path} shrank to ${pos} bytes while being sent`);
+        }
+        pos += bytesRead;
+        if (req) req.respond(bytesRead);
+        else controller.enqueue(buf.subarray(0, bytesRead));
+        if (pos >= end) {
+          await done();
+          controller.close();
+          controller.byobRequest?.respond(0); // a read already waiting for the next bytes
+        }
+      } catch (err) {
+        await done();
+        controller.error(err); // a no-op when already errored by an abort
+      }
+    },
+    async cancel() {
+      await done();
+    },
+  }) as ReadableStream<Uint8Array>;
 }

@@ -7,6 +7,7 @@
 import type * as http from "node:http";
 import { Readable } from "node:stream";
 import type { Connection, ConnectionTable } from "./connections.ts";
+import { bodyReader } from "./body_reader.ts";
 
 /** A request handler: no socket, no runtime API. */
 export type Handler = (req: Request) => Promise<Response>;
@@ -158,7 +159,7 @@ async function send(
     await ended(res);
     return { bytes: 0, complete: res.writableFinished };
   }
-  const reader = response.body.getReader();
+  const reader = bodyReader(response.body);
   let bytes = 0;
   try {
     let first: ReturnType<typeof reader.read> | undefined = reader.read();
@@ -169,7 +170,10 @@ async function send(
       if (done) break;
       if (res.destroyed) throw new Error("client closed the connection");
       bytes += value.byteLength;
-      if (!res.write(value)) await drained(res, conn, table);
+      // node:http is done with `value` when it calls back: its buffer may be read into again.
+      if (!res.write(value, (err) => err ? undefined : reader.release(value))) {
+        await drained(res, conn, table);
+      }
     }
     res.end();
     await ended(res);
