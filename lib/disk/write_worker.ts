@@ -115,6 +115,66 @@ function writeAt(path: string, offset: number, data: Uint8Array): void {
   if (end > b) writeBuffered(t, b, data.subarray(b - offset));
 }
 
+/**
+ * Chunks of any size at `offset`: through the page cache, gathered into writev(2) calls
+ * that end on SYSCALL_MAX boundaries of the file (what a 1 MiB block's writes do), so
+ * that no call is over SYSCALL_MAX and pages are not filled in pieces by two calls.
+ * Direct I/O and Deno's file (no writev) take them one by one.
+ */
+function writeChunksAt(path: string, offset: number, chunks: Uint8Array[]): void {
+  let t = files.get(path);
+  if (t === undefined) {
+    t = openTarget(path);
+    files.set(path, t);
+  }
+  const fd = t.buffered;
+  if (t.direct !== undefined || typeof fd !== "number") {
+    for (const c of chunks) {
+      writeAt(path, offset, c);
+      offset += c.byteLength;
+    }
+    return;
+  }
+  let group: Uint8Array[] = [];
+  let groupAt = offset;
+  let pos = offset;
+  const flush = () => {
+    const n = fs.writevSync(fd, group, groupAt);
+    // A short write (rare): the rest goes out through writeSync.
+    if (n < pos - groupAt) writeRest(fd, group, n, groupAt);
+    group = [];
+    groupAt = pos;
+  };
+  for (let c of chunks) {
+    while (c.byteLength) {
+      const room = SYSCALL_MAX - (pos % SYSCALL_MAX);
+      const piece = c.byteLength <= room ? c : c.subarray(0, room);
+      group.push(piece);
+      pos += piece.byteLength;
+      c = c.subarray(piece.byteLength);
+      if (pos % SYSCALL_MAX === 0) flush();
+    }
+  }
+  if (group.length) flush();
+}
+
+/** After a short writev of `done` bytes: the rest of `group`, from `at + done`. */
+function writeRest(fd: number, group: Uint8Array[], done: number, at: number): void {
+  let skip = done;
+  let pos = at + done;
+  for (const g of group) {
+    if (skip >= g.byteLength) {
+      skip -= g.byteLength;
+      continue;
+    }
+    const rest = g.subarray(skip);
+    skip = 0;
+    let n = 0;
+    while (n < rest.byteLength) n += fs.writeSync(fd, rest, n, rest.byteLength - n, pos + n);
+    pos += rest.byteLength;
+  }
+}
+
 function closeTarget(t: Target): void {
   if (typeof t.buffered === "number") fs.closeSync(t.buffered);
   else t.buffered.close();
@@ -138,12 +198,8 @@ scope.onmessage = (e: MessageEvent<Msg>) => {
   if (m.op === "writev") {
     // A batch of chunks: written in order; their buffers stay here (garbage once written).
     try {
-      let pos = m.offset;
-      for (let i = 0; i < m.bufs.length; i++) {
-        const len = m.at[2 * i + 1];
-        writeAt(m.path, pos, new Uint8Array(m.bufs[i], m.at[2 * i], len));
-        pos += len;
-      }
+      const chunks = m.bufs.map((b, i) => new Uint8Array(b, m.at[2 * i], m.at[2 * i + 1]));
+      writeChunksAt(m.path, m.offset, chunks);
       scope.postMessage({ id: m.id });
     } catch (err) {
       const code = (err as { code?: string }).code;

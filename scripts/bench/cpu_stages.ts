@@ -253,7 +253,14 @@ async function main() {
       const rs = runs.filter((r) => r.tool === t);
       const med = (f: (r: Run) => number) => median(rs.map(f)).toFixed(2);
       const names = new Set(rs.flatMap((r) => [...r.groups.keys()]));
-      const gs = [...names].map((g) => `${g} ${med((r) => r.groups.get(g)?.[0] ?? 0)}`).join(", ");
+      // Per thread group: median CPU (user + system), and median user, skipping idle ones.
+      const gs = [...names]
+        .map((
+          g,
+        ) => [g, med((r) => r.groups.get(g)?.[0] ?? 0), med((r) => r.groups.get(g)?.[1] ?? 0)])
+        .filter(([, c]) => Number(c) >= 0.01)
+        .sort((a, b) => Number(b[1]) - Number(a[1]))
+        .map(([g, c, u]) => `${g} ${c} (u ${u})`).join(", ");
       console.log(
         `${t}: wall ${med((r) => r.wall)} s, user ${med((r) => r.user)}, sys ${
           med((r) => r.sys)

@@ -4,12 +4,13 @@
  * calling exit: the process ends only if the Worker was stopped.
  */
 import * as fs from "node:fs";
+import process from "node:process";
 import { acquireBlockWriter } from "../../lib/disk/block_writer.ts";
 
-const file = Deno.args[0];
+// Runs under Deno and (the --chunks modes) under Bun: process.argv, not Deno.args.
+const [file, mode] = process.argv.slice(2);
 fs.writeFileSync(file, new Uint8Array(0));
 fs.truncateSync(file, 8 << 20);
-const mode = Deno.args[1];
 const w = acquireBlockWriter({ asyncIo: mode === "--concurrent" || mode === "--chunks-async" });
 if (mode === "--chunks" || mode === "--chunks-async") {
   // A first write waits for the worker to be up, so the batch goes through it (--chunks).
