@@ -39,7 +39,10 @@ export interface BlobJob {
   path: string;
   /** Path of the partial file (large blobs) — never the final name. */
   partialPath: string;
-  /** Per-chunk digests offered by the registry (Ollama's chunksums); parts follow them. */
+  /**
+   * Per-chunk digests offered by the registry (Ollama's chunksums): a digest mismatch is
+   * repaired chunk by chunk.
+   */
   chunks?: { digest: string; start: number; end: number }[];
   /**
    * Asks the registry where the bytes are now (a fresh redirect), for when the object store

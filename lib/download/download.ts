@@ -57,7 +57,10 @@ export interface TransferTuning {
   syncEvery?: number;
   /** Cap on bytes per second across every stream (like curl's --limit-rate). @default unlimited */
   limitRate?: number;
-  /** Ask the registry for chunksums of large blobs and verify each part. @default true */
+  /**
+   * Ask the registry for chunksums of large blobs, to repair a digest mismatch chunk by chunk.
+   * @default true
+   */
   chunksums?: boolean;
 }
 
@@ -372,8 +375,8 @@ async function locateBlob(
   const { options, session, abort } = run;
   const url = session.client.blobUrl(options.repository, b.digest);
   if (b.size <= run.tuning.singleStreamMax) return { url, chunks: undefined };
-  // A registry offering chunksums (Ollama's, `haul serve`) lets every part be
-  // verified as it lands; anything else falls back to plain Range parts.
+  // A registry offering chunksums (Ollama's, `haul serve`) lets a digest mismatch be
+  // repaired chunk by chunk; without them it starts over.
   const offered = options.chunksums === false ? undefined : await fetchChunksums(
     session.client,
     { repository: options.repository, digest: b.digest, size: b.size },

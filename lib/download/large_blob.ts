@@ -27,7 +27,7 @@ import {
   statePath,
   StateSaver,
 } from "./partial_file.ts";
-import { watermark } from "./plan_parts.ts";
+import { chunkParts, watermark } from "./plan_parts.ts";
 import { type LargeRun, runWorker } from "./part_runner.ts";
 import { adoptOllamaPartial } from "./ollama_partial.ts";
 
@@ -184,10 +184,10 @@ async function finishLarge(run: LargeRun): Promise<void> {
     ctx.onDiscarded?.();
     const message =
       `Digest mismatch for ${job.digest}: the downloaded data hashes to ${result.digest}`;
-    if (state.parts.some((p) => p.digest)) {
+    if (job.chunks?.length) {
       // With chunksums the partial file is kept: each chunk is checked from disk on the
       // next round and only the bad ones are fetched again.
-      for (const p of state.parts) p.verified = false;
+      state.parts = chunkParts(job);
       await run.saver.save(true);
       throw new ChunksToCheck(message);
     }

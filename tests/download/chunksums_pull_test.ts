@@ -1,4 +1,4 @@
-/** haul pull against `haul serve`: chunksums make each part verified on arrival. */
+/** haul pull against `haul serve`: chunksums let a digest mismatch be repaired chunk by chunk. */
 import assert from "node:assert/strict";
 import * as fsp from "node:fs/promises";
 import * as path from "node:path";

@@ -119,7 +119,7 @@ Deno.test("haul pull fetches models from haul serve, byte for byte", async () =>
     const file = join(dest, "blobs", b.digest.replace(":", "-"));
     assert.equal(`sha256:${await sha256File(file)}`, b.digest);
   }
-  // haul's downloader asks for chunksums and fetches the big layer chunk by chunk.
+  // haul's downloader asks for chunksums and fetches the big layer in 8 MiB parts.
   const log = w.server.child.output().stderr;
   assert.match(log, new RegExp(`GET /v2/library/tiny/chunksums/${w.tiny.blobs[1].digest} 200`));
   assert.ok((log.match(/ 206 8388608 bytes/g) ?? []).length >= 5, log.slice(-2000));
