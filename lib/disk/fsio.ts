@@ -8,7 +8,7 @@
  * parts of one file never share a cursor); elsewhere it is positional `node:fs` writes.
  */
 import * as fs from "node:fs";
-import { open } from "node:fs/promises";
+import { open, rename } from "node:fs/promises";
 
 /** A sequential writer starting at a fixed offset of an existing file. */
 export interface OffsetWriter {
@@ -26,7 +26,11 @@ interface DenoFsFile {
   close(): void;
 }
 interface DenoNs {
-  open(path: string, opts: { read?: boolean; write?: boolean }): Promise<DenoFsFile>;
+  open(
+    path: string,
+    opts: { read?: boolean; write?: boolean; create?: boolean; truncate?: boolean },
+  ): Promise<DenoFsFile>;
+  rename(from: string, to: string): Promise<void>;
 }
 const denoNs = (globalThis as { Deno?: DenoNs }).Deno;
 const useDeno = typeof denoNs?.open === "function" && !("Bun" in globalThis);
@@ -72,6 +76,51 @@ export async function openWriter(path: string, offset: number): Promise<OffsetWr
       closed = true;
     },
   };
+}
+
+/**
+ * Creates (or truncates) `path` and returns a writer at its start: one open for a
+ * file written from start to end, synced and closed on the same handle. Small blobs
+ * use it: their temp file was opened three times before (create, write, fsync).
+ */
+export async function createWriter(path: string): Promise<OffsetWriter> {
+  if (!useDeno) {
+    const fh = await open(path, "w");
+    let closed = false;
+    return {
+      async write(data) {
+        let n = 0;
+        while (n < data.byteLength) {
+          n += (await fh.write(data, n, data.byteLength - n)).bytesWritten;
+        }
+      },
+      sync: () => fh.sync(),
+      close() {
+        if (!closed) fh.close().catch(() => {});
+        closed = true;
+      },
+    };
+  }
+  const f = await denoNs!.open(path, { write: true, create: true, truncate: true });
+  let closed = false;
+  return {
+    async write(data) {
+      let n = 0;
+      while (n < data.byteLength) n += await f.write(n ? data.subarray(n) : data);
+    },
+    sync: () => f.sync(),
+    close() {
+      if (!closed) f.close();
+      closed = true;
+    },
+  };
+}
+
+/**
+ * `rename(2)`; under Deno its own op rather than node:fs's promisified wrapper of it.
+ */
+export function renamePath(from: string, to: string): Promise<void> {
+  return useDeno ? denoNs!.rename(from, to) : rename(from, to);
 }
 
 /** Creates (or truncates to) a file of exactly `size` bytes, sparse where the FS allows. */

@@ -6,11 +6,11 @@ import { rm } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { IntegrityError, storeError } from "../errors.ts";
 import { Sha256 } from "../digest.ts";
-import { createSized } from "../disk/fsio.ts";
+import type { BlockWriter } from "../disk/block_writer.ts";
+import { createWriter, type OffsetWriter, renamePath } from "../disk/fsio.ts";
 import { backoffDelay, sleep } from "../transport/retry.ts";
 import type { BlobContext, BlobJob } from "./blob_job.ts";
 import { RangeLie, runAttempt } from "./attempt.ts";
-import { finalize } from "./partial_file.ts";
 import { classify } from "./retry_verdict.ts";
 
 /** Returns bytes transferred over the network for this blob. */
@@ -31,19 +31,26 @@ export async function downloadSmall(job: BlobJob, ctx: BlobContext): Promise<num
       held = false;
     };
     let got = 0;
+    let file: OffsetWriter | undefined;
     try {
       const hash = new Sha256();
-      await createSized(tmp, 0).catch((e) => {
+      // One handle for the temp file's life: created, written, synced and closed on it.
+      file = await createWriter(tmp).catch((e) => {
         throw storeError("create", tmp, e);
       });
-      try {
-        got = await runAttempt(ctx, job, 0, job.size, tmp, hash, (n) => {
+      got = await runAttempt(
+        { ...ctx, writer: sequentialWriter(file) },
+        job,
+        0,
+        job.size,
+        tmp,
+        hash,
+        (n) => {
           transferred += n;
           ctx.onBytes(n);
-        }, { restartOnError: true });
-      } finally {
-        ctx.writer.close(tmp);
-      }
+        },
+        { restartOnError: true },
+      );
       release();
       if (hash.bytes !== job.size) {
         throw new IntegrityError(
@@ -54,10 +61,18 @@ export async function downloadSmall(job: BlobJob, ctx: BlobContext): Promise<num
       if (digest !== job.digest) {
         throw new IntegrityError(`Digest mismatch for ${job.digest}: the data hashes to ${digest}`);
       }
-      // The directory is synced once for all small blobs, by download().
-      await finalize(tmp, job.path, false);
+      // fsync, then the final name; the directory is synced once for all small blobs, by
+      // download().
+      try {
+        await file.sync();
+        file.close();
+        await renamePath(tmp, job.path);
+      } catch (e) {
+        throw storeError("finish", job.path, e);
+      }
       return transferred;
     } catch (err) {
+      file?.close();
       ctx.onBytes(-got);
       await rm(tmp, { force: true });
       const verdict = classify(err, ctx, failures, stalls);
@@ -75,4 +90,31 @@ export async function downloadSmall(job: BlobJob, ctx: BlobContext): Promise<num
       release();
     }
   }
+}
+
+/**
+ * The block writer of one attempt at a small blob: its bytes go in order, from offset 0,
+ * through the temp file's one handle (no seek, no open per write).
+ */
+function sequentialWriter(file: OffsetWriter): BlockWriter {
+  let at = 0;
+  const check = (offset: number) => {
+    if (offset !== at) throw new RangeError(`Small blob write at ${offset}, expected ${at}`);
+  };
+  return {
+    async write(_path, offset, buf, len) {
+      check(offset);
+      await file.write(len === buf.byteLength ? buf : buf.subarray(0, len));
+      at += len;
+      return buf;
+    },
+    async writeChunks(_path, offset, chunks) {
+      check(offset);
+      for (const c of chunks) {
+        await file.write(c);
+        at += c.byteLength;
+      }
+    },
+    close() {},
+  };
 }

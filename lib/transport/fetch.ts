@@ -84,17 +84,20 @@ export function withHeaderTimeout(next: Fetch, ms: number): Fetch {
   return async (req) => {
     if (req.body !== null || !(ms > 0)) return next(req);
     const ac = new AbortController();
-    const timedOut = new TypeError(
-      `no response from ${new URL(req.url).host} within ${ms / 1000} s`,
-    );
-    const timer = setTimeout(() => ac.abort(timedOut), ms);
+    // Made only when it fires: an error's stack and the URL parse cost more per request
+    // than the rest of this layer (many small blobs are one request each).
+    let timedOut: TypeError | undefined;
+    const timer = setTimeout(() => {
+      timedOut = new TypeError(`no response from ${new URL(req.url).host} within ${ms / 1000} s`);
+      ac.abort(timedOut);
+    }, ms);
     // Kept for the body's lifetime: an abort of the caller still reaches the body.
     req.signal.addEventListener("abort", () => ac.abort(req.signal.reason), { once: true });
     if (req.signal.aborted) ac.abort(req.signal.reason);
     try {
       return await next(new Request(req, { signal: ac.signal }));
     } catch (err) {
-      if (ac.signal.reason === timedOut) throw timedOut;
+      if (timedOut && ac.signal.reason === timedOut) throw timedOut;
       throw err;
     } finally {
       clearTimeout(timer);
