@@ -214,11 +214,13 @@ export async function download(options: DownloadOptions): Promise<DownloadResult
       throw storeError("create directory", partialDir, e);
     });
   }
-  await removeDeadTempFiles(options.destDir);
+  // Its names also stand in for a failing stat per blob not there (40 ms of CPU per 1000).
+  const listed = await removeDeadTempFiles(options.destDir);
   if (partialDir !== options.destDir) await removeDeadTempFiles(partialDir);
   const seen = new Set<string>();
   const blobs = options.blobs.filter((b) => !seen.has(b.digest) && seen.add(b.digest));
   const run = startDownload(options, tuning, session, blobs);
+  run.listed = listed;
   const onOuter = () => run.abort.abort(new InterruptedError());
   options.signal?.addEventListener("abort", onOuter, { once: true });
   if (options.signal?.aborted) onOuter();
@@ -272,6 +274,8 @@ interface DownloadRun {
   /** Bytes present or transferred, of `total`. */
   completed: number;
   total: number;
+  /** The names in `destDir` when the download started (undefined: not listed). */
+  listed?: Set<string>;
 }
 
 function startDownload(
@@ -304,7 +308,7 @@ function reportProgress(run: DownloadRun): void {
 async function downloadOne(run: DownloadRun, b: Blob): Promise<void> {
   const { emit } = run;
   const path = blobPath(run.options, b.digest);
-  if (await isPresent(path, b, run.tuning)) {
+  if ((!run.listed || run.listed.has(basename(path))) && await isPresent(path, b, run.tuning)) {
     run.completed += b.size;
     run.result.skipped++;
     emit({ type: "blob-start", op: "pull", digest: b.digest, total: b.size, completed: b.size });
@@ -430,14 +434,14 @@ function blobContext(run: DownloadRun, b: Blob, partialPath: string): BlobContex
 /**
  * Small blobs download to `sha256-<hex>-partial.<pid>-<rand>.tmp` and resume state is
  * replaced through `…-partial.json.<pid>.tmp`; a process killed with -9 can leave
- * either behind. Remove those whose process is gone.
+ * either behind. Remove those whose process is gone. Returns the names `dir` held.
  */
-async function removeDeadTempFiles(dir: string): Promise<void> {
+async function removeDeadTempFiles(dir: string): Promise<Set<string> | undefined> {
   let names: string[];
   try {
     names = await readdir(dir);
   } catch {
-    return;
+    return undefined;
   }
   for (const name of names) {
     // Small-blob temp files (`-partial.<pid>-<hex>.tmp`; `-partial-<pid>-<hex>` from older
@@ -456,4 +460,5 @@ async function removeDeadTempFiles(dir: string): Promise<void> {
     }
     await rm(join(dir, name), { force: true }).catch(() => {});
   }
+  return new Set(names);
 }
