@@ -56,6 +56,8 @@ export class Authenticator {
   #basic = false;
   #lastBearer?: Challenge;
   #ollamaKey?: Promise<OllamaKey | undefined>;
+  #httpsPrefix: string;
+  #httpPrefix: string;
   /** The Ollama key the last token request was signed with, if any. */
   signedWith?: OllamaKey;
   /** An Ollama key was looked for and none was found. */
@@ -64,6 +66,8 @@ export class Authenticator {
   constructor(options: AuthenticatorOptions) {
     this.#opts = options;
     this.host = options.host.toLowerCase();
+    this.#httpsPrefix = `https://${this.host}/`;
+    this.#httpPrefix = `http://${this.host}/`;
     this.#scopes = new Set(options.scopes ?? []);
     if (options.token) this.#token = { value: options.token, expiresAt: Infinity };
   }
@@ -78,6 +82,9 @@ export class Authenticator {
 
   /** True when `url` is on this registry's host (the only place credentials go). */
   covers(url: string): boolean {
+    // A URL as a Request holds it (host lowercased) that starts with `<scheme>://<host>/` is
+    // on the host: no parse per request (one per blob). Anything else is parsed.
+    if (url.startsWith(this.#httpsPrefix) || url.startsWith(this.#httpPrefix)) return true;
     return new URL(url).host.toLowerCase() === this.host;
   }
 

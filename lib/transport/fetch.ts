@@ -105,10 +105,20 @@ export function withHeaderTimeout(next: Fetch, ms: number): Fetch {
   };
 }
 
-/** Sets `User-Agent` when the request has none. */
+/**
+ * Sets `User-Agent` when the request has none: on the request's own headers where they
+ * can be changed (a Request made with `new Request`), else on a copy. Each copy costs a
+ * Request and an abort signal following the caller's, per request.
+ */
 export function withUserAgent(next: Fetch, userAgent: string): Fetch {
   return (req) => {
     if (req.headers.has("user-agent")) return next(req);
+    try {
+      req.headers.set("user-agent", userAgent);
+      return next(req);
+    } catch {
+      // Immutable headers (a Request some runtimes hand out): copy.
+    }
     const headers = new Headers(req.headers);
     headers.set("user-agent", userAgent);
     return next(new Request(req, { headers }));
@@ -187,7 +197,7 @@ export function withRedirects(next: Fetch, max = 10): Fetch {
     // The caller reads the redirect itself (Ollama's redirected upload parts).
     if (req.redirect === "manual") return await next(req);
     let current = req;
-    const first = new URL(req.url).origin;
+    let first: string | undefined; // the origin, parsed once there is a redirect
     for (let hop = 0;; hop++) {
       const once = current.headers.has(SEND_ONCE);
       const replay = current.body !== null && !once ? current.clone() : undefined;
@@ -213,6 +223,7 @@ export function withRedirects(next: Fetch, max = 10): Fetch {
         throw new NetworkError(`Refusing redirect from https to plain http (${redactUrl(to)})`);
       }
       const headers = new Headers(current.headers);
+      first ??= new URL(req.url).origin;
       if (to.origin !== first) headers.delete("authorization");
       const method = res.status === 303 || ((res.status === 301 || res.status === 302) &&
           current.method === "POST")
