@@ -169,7 +169,7 @@ function partHooks(run: LargeRun, pr: PartRun, attempt: AbortController): Attemp
       run.ctx.onWritten?.(offset, n);
       run.hasher.advance(watermark(run.state.parts));
       run.sync.add(n);
-      void run.saver.save();
+      void run.saver.save(false, n);
     },
     onWholeBody: () => takeOverBlob(run, pr, attempt),
     speeds: run.ctx.speeds,

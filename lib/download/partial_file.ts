@@ -97,20 +97,40 @@ export async function openPartial(job: BlobJob, partSize: number): Promise<State
   return st;
 }
 
-/** Saves the resume state at most every 200 ms (always when forced), one write at a time. */
+/** Resume state saves: every this many ms, or sooner once {@link STATE_SAVE_BYTES} are new. */
+const STATE_SAVE_MS = 200;
+/**
+ * New bytes that make a save due before {@link STATE_SAVE_MS} (but not within
+ * {@link STATE_SAVE_MIN_MS} of the last one). A kill loses what was written since the last
+ * save: at 80 MB/s, 200 ms is 16 MB, which made a killed 60 MB pull fetch 1.26x the model.
+ */
+const STATE_SAVE_BYTES = 4 << 20;
+const STATE_SAVE_MIN_MS = 25;
+
+/**
+ * Saves the resume state every 200 ms or every 4 MiB of new bytes, whichever comes first (at
+ * most every 25 ms; always when forced), one write at a time.
+ */
 export class StateSaver {
   #job: BlobJob;
   #state: State;
   #lastSave = 0;
+  #pending = 0;
   #saving: Promise<void> | undefined;
   constructor(job: BlobJob, state: State) {
     this.#job = job;
     this.#state = state;
   }
-  async save(force = false): Promise<void> {
+  /** `bytes`: new bytes in the file since the previous call (they may make a save due sooner). */
+  async save(force = false, bytes = 0): Promise<void> {
     const now = Date.now();
-    if (!force && now - this.#lastSave < 200) return;
+    this.#pending += bytes;
+    const since = now - this.#lastSave;
+    const due = since >= STATE_SAVE_MS ||
+      (this.#pending >= STATE_SAVE_BYTES && since >= STATE_SAVE_MIN_MS);
+    if (!force && !due) return;
     this.#lastSave = now;
+    this.#pending = 0;
     // Chained: two saves at once must not share (and mix) the one temp file.
     const next = (this.#saving ?? Promise.resolve()).then(() =>
       saveState(this.#job, this.#state).catch(() => {})

@@ -163,6 +163,7 @@ Deno.test("ollama serve's startup prune over a killed haul pull leaves its resum
       assert.equal(`sha256:${await sha256File(file)}`, b.digest, `${b.digest} content`);
     }
     const fetched = proxy.bytesOut(/\/blobs\//);
+    console.log(`killed pull + resumed pull fetched ${(fetched / size).toFixed(3)}x the model`);
     assert.ok(fetched <= 1.25 * size, `fetched ${fetched} bytes for a ${size}-byte model`);
   } finally {
     await proxy.stop();
@@ -208,6 +209,7 @@ Deno.test("a Ctrl-C'd stock ollama pull mid large blob, then haul pull: <= 1.25x
       assert.equal(`sha256:${await sha256File(file)}`, b.digest, `${b.digest} content`);
     }
     const fetched = proxy.bytesOut(/\/blobs\//);
+    console.log(`killed pull + resumed pull fetched ${(fetched / size).toFixed(3)}x the model`);
     assert.ok(fetched <= 1.25 * size, `fetched ${fetched} bytes for a ${size}-byte model`);
     const left = (await fsp.readdir(blobs)).filter((n) => n.includes("partial"));
     assert.deepEqual(left, [], "no partial files left in blobs/");
