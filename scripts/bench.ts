@@ -617,6 +617,42 @@ interface ScenarioBody {
   rounds: number;
 }
 
+/**
+ * `crane blob` and `oras blob fetch` of one blob into out/blob, both verifying the digest as
+ * they read (when scripts/go_peers.sh built them).
+ */
+function blobFetchers(
+  host: string,
+  repo: string,
+  layer: { digest: string; file: string },
+  size: number,
+  extra: Pick<Tool, "bytes" | "servers" | "once">,
+): Tool[] {
+  const out = () => path.join(outDir(), "blob");
+  const ref = `${host}/${repo}@${layer.digest}`;
+  const crane = goPeer("crane", "HAUL_CRANE");
+  const oras = goPeer("oras", "HAUL_ORAS");
+  const common = { warm: () => [layer.file], check: () => sizeIs(out(), size), ...extra };
+  return [
+    ...(crane
+      ? [{
+        id: "crane-blob",
+        label: "crane blob > file (verified)",
+        cmd: () => ["sh", "-c", '"$0" blob --insecure "$1" > "$2"', crane, ref, out()],
+        ...common,
+      }]
+      : []),
+    ...(oras
+      ? [{
+        id: "oras-blob",
+        label: "oras blob fetch -o file (verified)",
+        cmd: () => [oras, "blob", "fetch", "--plain-http", "-o", out(), ref],
+        ...common,
+      }]
+      : []),
+  ];
+}
+
 async function p1(): Promise<ScenarioBody> {
   const size = SIZES.p1;
   const f = await fixture(`p1-${size}`, [size], 11);
@@ -672,41 +708,7 @@ async function p1(): Promise<ScenarioBody> {
       },
     },
     // Blob fetchers that verify the digest as they read (crane: ggcr's verifying reader; oras).
-    ...(goPeer("crane", "HAUL_CRANE")
-      ? [{
-        id: "crane-blob",
-        label: "crane blob > file (verified)",
-        cmd: () => [
-          "sh",
-          "-c",
-          '"$0" blob --insecure "$1" > "$2"',
-          goPeer("crane", "HAUL_CRANE")!,
-          `${reg.host}/${f.repo}@${layer.digest}`,
-          path.join(outDir(), "blob"),
-        ],
-        warm: () => [layer.file],
-        bytes: counter,
-        check: () => sizeIs(path.join(outDir(), "blob"), size),
-      }]
-      : []),
-    ...(goPeer("oras", "HAUL_ORAS")
-      ? [{
-        id: "oras-blob",
-        label: "oras blob fetch -o file (verified)",
-        cmd: () => [
-          goPeer("oras", "HAUL_ORAS")!,
-          "blob",
-          "fetch",
-          "--plain-http",
-          "-o",
-          path.join(outDir(), "blob"),
-          `${reg.host}/${f.repo}@${layer.digest}`,
-        ],
-        warm: () => [layer.file],
-        bytes: counter,
-        check: () => sizeIs(path.join(outDir(), "blob"), size),
-      }]
-      : []),
+    ...blobFetchers(reg.host, f.repo, layer, size, { bytes: counter }),
     {
       id: "floor-recv",
       label: "floor: Deno fetch ×4 ranges → discard",
@@ -877,45 +879,7 @@ async function p2(size: number, sid: string): Promise<ScenarioBody> {
         check: () => sizeIs(path.join(outDir(), "blob"), size),
       },
       // Single-stream verifying blob fetchers: one connection at the cap, first round only.
-      ...(goPeer("crane", "HAUL_CRANE")
-        ? [{
-          id: "crane-blob",
-          label: "crane blob > file (verified)",
-          once: true,
-          cmd: () => [
-            "sh",
-            "-c",
-            '"$0" blob --insecure "$1" > "$2"',
-            goPeer("crane", "HAUL_CRANE")!,
-            `${ng.host}/${f.repo}@${layer.digest}`,
-            path.join(outDir(), "blob"),
-          ],
-          warm: () => [layer.file],
-          bytes: counter,
-          servers,
-          check: () => sizeIs(path.join(outDir(), "blob"), size),
-        }]
-        : []),
-      ...(goPeer("oras", "HAUL_ORAS")
-        ? [{
-          id: "oras-blob",
-          label: "oras blob fetch -o file (verified)",
-          once: true,
-          cmd: () => [
-            goPeer("oras", "HAUL_ORAS")!,
-            "blob",
-            "fetch",
-            "--plain-http",
-            "-o",
-            path.join(outDir(), "blob"),
-            `${ng.host}/${f.repo}@${layer.digest}`,
-          ],
-          warm: () => [layer.file],
-          bytes: counter,
-          servers,
-          check: () => sizeIs(path.join(outDir(), "blob"), size),
-        }]
-        : []),
+      ...blobFetchers(ng.host, f.repo, layer, size, { bytes: counter, servers, once: true }),
       {
         id: "skopeo",
         label: "skopeo copy docker:// → oci:",

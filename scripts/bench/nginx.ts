@@ -26,7 +26,8 @@ export interface Nginx {
   stop(): Promise<void>;
 }
 
-function freePort(): Promise<number> {
+/** A free TCP port on 127.0.0.1. */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.on("error", reject);
@@ -37,7 +38,8 @@ function freePort(): Promise<number> {
   });
 }
 
-function children(pid: number): number[] {
+/** The pids whose parent is `pid` (from /proc). */
+export function children(pid: number): number[] {
   const out: number[] = [];
   for (const name of fs.readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;

@@ -5,9 +5,10 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as fsp from "node:fs/promises";
-import * as net from "node:net";
 import * as path from "node:path";
+import * as net from "node:net";
 import process from "node:process";
+import { children, freePort } from "./nginx.ts";
 
 const NGINX = ["/usr/sbin/nginx", "/usr/bin/nginx"].find((p) => fs.existsSync(p));
 
@@ -23,29 +24,6 @@ export interface StaticNginx {
 /** True when an nginx binary is installed. */
 export function haveNginx(): boolean {
   return NGINX !== undefined;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function children(pid: number): number[] {
-  const out: number[] = [];
-  for (const name of fs.readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const s = fs.readFileSync(`/proc/${name}/stat`, "utf8");
-      if (Number(s.slice(s.lastIndexOf(")") + 2).split(" ")[1]) === pid) out.push(Number(name));
-    } catch { /* gone */ }
-  }
-  return out;
 }
 
 /** Starts nginx (`workers` worker processes, default 1) serving `root` on a free port. */

@@ -16,6 +16,7 @@ import {
   pushFixture,
   REPO_ROOT,
   runCli,
+  servePort,
   sha256File,
   spawnCli,
   startRegistry,
@@ -135,11 +136,7 @@ Deno.test("deno run http://…/main.ts serve --htpasswd: npm:bcryptjs resolves f
     timeoutMs: 120_000,
   });
   try {
-    let port = 0;
-    for (let i = 0; i < 2400 && !port && child.exitCode === null; i++) {
-      port = Number(/on http:\/\/127\.0\.0\.1:(\d+)\/v2\//.exec(child.output().stderr)?.[1] ?? 0);
-      if (!port) await new Promise((r) => setTimeout(r, 25));
-    }
+    const port = await servePort(child, 60_000);
     assert.ok(port, `serve did not start: ${child.output().stderr}`);
     const status = async (creds?: string) => {
       const res = await fetch(`http://127.0.0.1:${port}/v2/`, {

@@ -49,6 +49,19 @@ function cliCommand(args: string[], opts: CliOptions): [string, string[]] {
 
 const SIGNALS: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
 
+/**
+ * The port `haul serve --addr 127.0.0.1:0` says it listens on (its stderr line `… on
+ * http://127.0.0.1:PORT/v2/`), polled every 25 ms for up to `timeoutMs`; 0 if it exited first.
+ */
+export async function servePort(child: CliChild, timeoutMs = 20_000): Promise<number> {
+  for (let waited = 0; waited < timeoutMs && child.exitCode === null; waited += 25) {
+    const m = /on http:\/\/127\.0\.0\.1:(\d+)\/v2\//.exec(child.output().stderr);
+    if (m) return Number(m[1]);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return 0;
+}
+
 /** Spawns the CLI and collects its output; kill it yourself (e.g. SIGKILL) and await `result`. */
 export function spawnCli(args: string[], opts: CliOptions = {}): CliChild {
   const [cmd, argv] = cliCommand(args, opts);
