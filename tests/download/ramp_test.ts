@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Semaphore } from "../../lib/transport/pool.ts";
-import { PartRamp, rampStart } from "../../lib/download/ramp.ts";
+import { nextLevel, PartRamp, rampStart } from "../../lib/download/ramp.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -57,28 +57,37 @@ Deno.test("PartRamp opens every part when more connections bring more bytes (a p
   const ramp = new PartRamp(new Semaphore(12), 12, 24, { manual: true });
   await run(ramp, (permits) => permits * 25e5);
   assert.equal(ramp.gate.size, 24);
-  assert.deepEqual(ramp.steps, [12, 16, 24]);
+  assert.deepEqual(ramp.steps, [12, 24]);
 });
 
 Deno.test("PartRamp climbs step by step and keeps the last step that helped (a per-connection cap under a link limit)", async () => {
-  // 2.5 MB per interval per connection up to 45 MB: 12 → 16 helps (+33%), 16 → 24 does not (+12%).
-  const ramp = new PartRamp(new Semaphore(12), 12, 24, { manual: true });
-  await run(ramp, (permits) => Math.min(permits * 25e5, 45e6));
-  assert.deepEqual(ramp.steps, [12, 16, 24, 16]);
-  assert.equal(ramp.gate.size, 16);
-  // Bun's start (a quarter of 24) climbs the whole way under the cap alone.
+  // 2.5 MB per interval per connection up to 32 MB: 6 → 12 helps (+100%), 12 → 24 does not (+7%).
+  const ramp = new PartRamp(new Semaphore(6), 6, 24, { manual: true });
+  await run(ramp, (permits) => Math.min(permits * 25e5, 32e6));
+  assert.deepEqual(ramp.steps, [6, 12, 24, 12]);
+  assert.equal(ramp.gate.size, 12);
+  // Once the first step helped, a later one is kept for +10% or more (P2's 16 → 24 gave +19%).
+  const p2 = new PartRamp(new Semaphore(6), 6, 24, { manual: true });
+  await run(
+    p2,
+    (permits) => ({ 6: 15e6, 12: 30e6, 24: 35.7e6 } as Record<number, number>)[permits],
+  );
+  assert.deepEqual(p2.steps, [6, 12, 24]);
+  assert.equal(p2.gate.size, 24);
+  // Under the cap alone Bun's start (a quarter of 24) doubles to the limit.
   const bun = new PartRamp(new Semaphore(6), 6, 24, { manual: true });
   await run(bun, (permits) => permits * 25e5);
-  assert.deepEqual(bun.steps, [6, 8, 11, 15, 24]);
-  assert.equal(bun.gate.size, 24);
+  assert.deepEqual(bun.steps, [6, 12, 24]);
+  // Doubling, at least 2 more, never past the limit.
+  assert.deepEqual([1, 6, 12, 16].map((n) => nextLevel(n, 24)), [3, 12, 24, 24]);
 });
 
 Deno.test("PartRamp goes back to the start when more connections bring nothing (a shared bottleneck)", async () => {
   const ramp = new PartRamp(new Semaphore(12), 12, 24, { manual: true });
-  // Within the noise a CPU-bound pull shows: +20% with a third more parts.
+  // Within the noise a CPU-bound pull shows: +20% with twice the parts.
   await run(ramp, (permits) => (permits > 12 ? 1.2 : 1) * 30e6);
   assert.equal(ramp.gate.size, 12);
-  assert.deepEqual(ramp.steps, [12, 16, 12]);
+  assert.deepEqual(ramp.steps, [12, 24, 12]);
 });
 
 Deno.test("rampStart() is half the limit, at least 4, never above it", () => {
