@@ -653,6 +653,39 @@ function blobFetchers(
   ];
 }
 
+/**
+ * The verified-file reference: `curl -o FILE URL && openssl dgst -sha256 FILE` in one `sh -c`
+ * (wait4 sums the two tools' CPU); checked for the size and the digest openssl printed.
+ */
+function curlOpensslTool(
+  url: string,
+  layer: { digest: string; file: string },
+  size: number,
+  bytes: () => ByteCounter,
+): Tool {
+  const blob = () => path.join(outDir(), "blob");
+  return {
+    id: "curl-openssl",
+    label: "curl -o file, then openssl dgst -sha256",
+    cmd: () => [
+      "sh",
+      "-c",
+      'curl -sS -f -o "$1" "$2" && openssl dgst -sha256 "$1" > "$1.sha256"',
+      "sh",
+      blob(),
+      url,
+    ],
+    warm: () => [layer.file],
+    bytes,
+    check: async () => {
+      const e = await sizeIs(blob(), size);
+      if (e) return e;
+      const line = await fsp.readFile(`${blob()}.sha256`, "utf8");
+      return line.trim().endsWith(layer.digest.slice(7)) ? undefined : `openssl: ${line.trim()}`;
+    },
+  };
+}
+
 async function p1(): Promise<ScenarioBody> {
   const size = SIZES.p1;
   const f = await fixture(`p1-${size}`, [size], 11);
@@ -689,24 +722,7 @@ async function p1(): Promise<ScenarioBody> {
         check: () => sizeIs(path.join(outDir(), "blob"), size),
       }]
       : []),
-    {
-      id: "curl-openssl",
-      label: "curl -o file, then openssl dgst -sha256",
-      cmd: () => [
-        "sh",
-        "-c",
-        'curl -sS -f -o "$1" "$2" && openssl dgst -sha256 "$1" > "$1.sha256"',
-        "sh",
-        path.join(outDir(), "blob"),
-        url,
-      ],
-      warm: () => [layer.file],
-      bytes: counter,
-      check: async () => {
-        const line = await fsp.readFile(path.join(outDir(), "blob.sha256"), "utf8");
-        return line.trim().endsWith(layer.digest.slice(7)) ? undefined : `openssl: ${line.trim()}`;
-      },
-    },
+    curlOpensslTool(url, layer, size, counter),
     // Blob fetchers that verify the digest as they read (crane: ggcr's verifying reader; oras).
     ...blobFetchers(reg.host, f.repo, layer, size, { bytes: counter }),
     {
@@ -1261,29 +1277,9 @@ async function p7(): Promise<ScenarioBody> {
   const url = `${reg.url}/v2/${f.repo}/blobs/${layer.digest}`;
   const ref = `${reg.host}/${f.repo}:${f.tag}`;
   const counter = () => registryLogCounter(reg);
-  const blob = () => path.join(outDir(), "blob");
   const tools: Tool[] = [
     ...haulKinds().map((k) => ({ ...haulPullTool(k, ref, f), bytes: counter })),
-    {
-      id: "curl-openssl",
-      label: "curl -o file, then openssl dgst -sha256",
-      cmd: () => [
-        "sh",
-        "-c",
-        'curl -sS -f -o "$1" "$2" && openssl dgst -sha256 "$1" > "$1.sha256"',
-        "sh",
-        blob(),
-        url,
-      ],
-      warm: () => [layer.file],
-      bytes: counter,
-      check: async () => {
-        const e = await sizeIs(blob(), size);
-        if (e) return e;
-        const line = await fsp.readFile(`${blob()}.sha256`, "utf8");
-        return line.trim().endsWith(layer.digest.slice(7)) ? undefined : `openssl: ${line.trim()}`;
-      },
-    },
+    curlOpensslTool(url, layer, size, counter),
   ];
   const records = await runRounds("P7", tools, ROUNDS);
   const gib = size / GiB;

@@ -35,6 +35,22 @@ interface DenoNs {
 const denoNs = (globalThis as { Deno?: DenoNs }).Deno;
 const useDeno = typeof denoNs?.open === "function" && !("Bun" in globalThis);
 
+/** A writer on a Deno file handle: writes go on from its position; `close` is idempotent. */
+function fileWriter(f: DenoFsFile): OffsetWriter {
+  let closed = false;
+  return {
+    async write(data) {
+      let n = 0;
+      while (n < data.byteLength) n += await f.write(n ? data.subarray(n) : data);
+    },
+    sync: () => f.sync(),
+    close() {
+      if (!closed) f.close();
+      closed = true;
+    },
+  };
+}
+
 /** Opens `path` (which must exist) for writing at `offset`. */
 export async function openWriter(path: string, offset: number): Promise<OffsetWriter> {
   if (useDeno) {
@@ -45,18 +61,7 @@ export async function openWriter(path: string, offset: number): Promise<OffsetWr
       f.close();
       throw e;
     }
-    let closed = false;
-    return {
-      async write(data) {
-        let n = 0;
-        while (n < data.byteLength) n += await f.write(n ? data.subarray(n) : data);
-      },
-      sync: () => f.sync(),
-      close() {
-        if (!closed) f.close();
-        closed = true;
-      },
-    };
+    return fileWriter(f);
   }
   const fh = await open(path, "r+");
   let pos = offset;
@@ -101,19 +106,7 @@ export async function createWriter(path: string): Promise<OffsetWriter> {
       },
     };
   }
-  const f = await denoNs!.open(path, { write: true, create: true, truncate: true });
-  let closed = false;
-  return {
-    async write(data) {
-      let n = 0;
-      while (n < data.byteLength) n += await f.write(n ? data.subarray(n) : data);
-    },
-    sync: () => f.sync(),
-    close() {
-      if (!closed) f.close();
-      closed = true;
-    },
-  };
+  return fileWriter(await denoNs!.open(path, { write: true, create: true, truncate: true }));
 }
 
 /**
