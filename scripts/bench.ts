@@ -37,6 +37,7 @@ import {
   findPids,
   killActive,
   loadAverage,
+  lockBench,
   measure,
   median,
   processIo,
@@ -1765,8 +1766,8 @@ async function preflight(): Promise<void> {
 }
 
 async function cleanup(): Promise<void> {
-  if (locked) fs.rmSync(LOCK, { force: true });
-  locked = false;
+  unlock?.();
+  unlock = undefined;
   revived?.kill("SIGTERM");
   await registry?.stop().catch(() => {});
   registry = undefined;
@@ -1863,42 +1864,15 @@ async function serve(): Promise<void> {
   await new Promise(() => {});
 }
 
-const LOCK = path.join(os.tmpdir(), "haul-bench.lock");
-let locked = false;
-
-/**
- * One bench at a time on this machine: two would drop each other's page cache and
- * share the cores, and both would measure nonsense. Waits for a running one.
- */
-async function lockBench(): Promise<void> {
-  for (let waited = 0;; waited++) {
-    try {
-      fs.writeFileSync(LOCK, String(process.pid), { flag: "wx" });
-      locked = true;
-      return;
-    } catch {
-      const pid = Number(fs.readFileSync(LOCK, "utf8").trim());
-      let alive = false;
-      try {
-        process.kill(pid, 0);
-        alive = pid !== process.pid;
-      } catch { /* stale */ }
-      if (!alive) {
-        fs.rmSync(LOCK, { force: true });
-        continue;
-      }
-      if (waited % 12 === 0) log(`another bench is running (pid ${pid}); waiting for it to finish`);
-      await new Promise((r) => setTimeout(r, 5000));
-    }
-  }
-}
+/** Releases the bench lock (lockBench in scripts/bench/measure.ts) once taken. */
+let unlock: (() => void) | undefined;
 
 async function main(): Promise<number> {
   if (opt.render) {
     await render(JSON.parse(await fsp.readFile(RESULTS_JSON, "utf8")) as Results);
     return 0;
   }
-  await lockBench();
+  unlock = await lockBench(log);
   await preflight();
   if (opt.serve || opt.sweep) {
     workDir = await tmpDir("haul-bench");

@@ -37,7 +37,7 @@ import {
   tmpDir,
 } from "../tests/support/harness.ts";
 import { sampleRss, startServe, storeFixture } from "../tests/server/serve_fixtures.ts";
-import { findPids, median, processCpu } from "./bench/measure.ts";
+import { findPids, lockBench, median, processCpu } from "./bench/measure.ts";
 import { haveNginx, startStaticNginx } from "./bench/nginx_static.ts";
 import {
   type BlobTruth,
@@ -393,33 +393,8 @@ async function writeResults(md: string): Promise<void> {
   await fsp.writeFile(file, updated.endsWith("\n") ? updated : updated + "\n");
 }
 
-const LOCK = path.join(os.tmpdir(), "haul-bench.lock");
-
-/** One bench at a time on this machine (the lock scripts/bench.ts takes): waits for a running one. */
-async function lockBench(): Promise<void> {
-  for (let waited = 0;; waited++) {
-    try {
-      fs.writeFileSync(LOCK, String(process.pid), { flag: "wx" });
-      return;
-    } catch {
-      const pid = Number(fs.readFileSync(LOCK, "utf8").trim());
-      let alive = false;
-      try {
-        process.kill(pid, 0);
-        alive = pid !== process.pid;
-      } catch { /* stale */ }
-      if (!alive) {
-        fs.rmSync(LOCK, { force: true });
-        continue;
-      }
-      if (waited % 12 === 0) log(`another bench is running (pid ${pid}); waiting for it`);
-      await new Promise((r) => setTimeout(r, 5000));
-    }
-  }
-}
-
 async function main(): Promise<number> {
-  await lockBench();
+  const unlock = await lockBench(log);
   const dir = await tmpDir("haul-serve-load");
   let servers: Server[] = [];
   try {
@@ -478,7 +453,7 @@ async function main(): Promise<number> {
   } finally {
     for (const s of servers) await s.stop().catch(() => {});
     await fsp.rm(dir, { recursive: true, force: true });
-    fs.rmSync(LOCK, { force: true });
+    unlock();
   }
 }
 

@@ -246,3 +246,32 @@ export function median(xs: number[]): number {
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
+
+const BENCH_LOCK = path.join(os.tmpdir(), "haul-bench.lock");
+
+/**
+ * One bench at a time on this machine (scripts/bench.ts, scripts/serve_load.ts): two would drop
+ * each other's page cache and share the cores, and both would measure nonsense. Waits for a
+ * running one (a lock whose pid is gone is stale); returns the function that releases it.
+ */
+export async function lockBench(log: (msg: string) => void): Promise<() => void> {
+  for (let waited = 0;; waited++) {
+    try {
+      fs.writeFileSync(BENCH_LOCK, String(process.pid), { flag: "wx" });
+      return () => fs.rmSync(BENCH_LOCK, { force: true });
+    } catch {
+      const pid = Number(fs.readFileSync(BENCH_LOCK, "utf8").trim());
+      let alive = false;
+      try {
+        process.kill(pid, 0);
+        alive = pid !== process.pid;
+      } catch { /* stale */ }
+      if (!alive) {
+        fs.rmSync(BENCH_LOCK, { force: true });
+        continue;
+      }
+      if (waited % 12 === 0) log(`another bench is running (pid ${pid}); waiting for it to finish`);
+      await new Promise((r) => setTimeout(r, 5000));
+    }
+  }
+}
